@@ -1,0 +1,138 @@
+"""Command line: ``lbproxy run | check | demo | --version``. The only module that exits the process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from lbproxy import __version__
+from lbproxy.config.loader import load_config
+from lbproxy.config.model import Config
+from lbproxy.errors import ConfigError
+
+log = logging.getLogger("lbproxy")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lbproxy", description="An L4/L7 load balancer daemon.")
+    parser.add_argument("--version", action="version", version=f"lbproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("-c", "--config", required=True, help="YAML config file")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    check = sub.add_parser("check", help="validate a config file and exit")
+    check.add_argument("-c", "--config", required=True, help="YAML config file")
+
+    demo = sub.add_parser("demo", help="start demo backends and a load balancer in front of them")
+    demo.add_argument("--http-port", type=int, default=8080)
+    demo.add_argument("--tcp-port", type=int, default=7000)
+    demo.add_argument("--admin-port", type=int, default=9901)
+    demo.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def summarize(config: Config) -> str:
+    """The one-line summary ``check`` prints for a valid config."""
+    backends = sum(len(p.backends) for p in config.pools.values())
+    modes = ", ".join(f"{l.name} ({l.mode} {l.bind})" for l in config.listeners)
+    return (
+        f"{config.source}: OK: {len(config.listeners)} listeners [{modes}], "
+        f"{len(config.pools)} pools, {backends} backends"
+    )
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _load_or_report(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{path}: {len(exc.problems)} error(s); configuration refused", file=sys.stderr)
+        return None
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    import uvloop
+
+    return uvloop.new_event_loop()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    print(summarize(config))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    from lbproxy.runtime.daemon import Daemon
+
+    async def main() -> int:
+        daemon = Daemon(config)
+        try:
+            await daemon.start()
+        except OSError as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+        _install_signals(daemon)
+        await daemon.run_until_stopped()
+        return 0
+
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        return runner.run(main())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    from lbproxy.demo.run import run_demo
+
+    async def main() -> int:
+        try:
+            daemon = await run_demo(args.http_port, args.tcp_port, args.admin_port)
+        except OSError as exc:
+            log.error("cannot start the demo: %s (try --http-port/--tcp-port/--admin-port)", exc)
+            return 1
+        _install_signals(daemon)
+        await daemon.run_until_stopped()
+        return 0
+
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        return runner.run(main())
+
+
+def _install_signals(daemon: object) -> None:
+    from lbproxy.runtime.daemon import Daemon
+
+    assert isinstance(daemon, Daemon)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.request_stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"run": cmd_run, "check": cmd_check, "demo": cmd_demo}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

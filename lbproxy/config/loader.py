@@ -1,0 +1,1005 @@
+"""Load and validate a YAML configuration into the frozen dataclasses of ``lbproxy.config.model``.
+
+The YAML text is composed into nodes (``yaml.compose``) and converted here, so that the line of
+every key is known. Validation never stops at the first problem: every problem found is collected
+as ``FILE:LINE: key.path: message`` (LINE 1-based) and raised together in one ``ConfigError``,
+sorted by line. Nothing but ``load_config`` touches the file system.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from lbproxy.config.model import (
+    BUILTIN_STRATEGIES,
+    AccessLogConfig,
+    Address,
+    AdminConfig,
+    BackendConfig,
+    Config,
+    CookieConfig,
+    HealthCheckConfig,
+    HttpLimits,
+    ListenerConfig,
+    MatchConfig,
+    PoolConfig,
+    RouteConfig,
+)
+from lbproxy.config.values import (
+    describe,
+    is_dns_name,
+    parse_address,
+    parse_cidr,
+    parse_duration,
+    parse_status_ranges,
+)
+from lbproxy.errors import ConfigError
+
+T = TypeVar("T")
+Converter = Callable[[Any], T]
+
+_TOP_KEYS = ("admin", "pools", "listeners", "access_log", "drain_timeout", "shutdown_delay")
+_ADMIN_KEYS = ("bind", "token")
+_ACCESS_LOG_KEYS = ("format", "path")
+_POOL_KEYS = (
+    "strategy",
+    "backends",
+    "health_check",
+    "connect_timeout",
+    "response_timeout",
+    "retries",
+    "max_idle_connections",
+    "idle_connection_timeout",
+    "proxy_protocol",
+    "cookie",
+)
+_BACKEND_KEYS = ("address", "weight", "max_connections", "proxy_protocol")
+_HEALTH_KEYS = (
+    "type",
+    "interval",
+    "timeout",
+    "healthy_threshold",
+    "unhealthy_threshold",
+    "method",
+    "path",
+    "host",
+    "expect_status",
+    "expect_body",
+)
+_COOKIE_KEYS = ("name", "path", "max_age", "http_only", "secure", "same_site", "secret")
+_LISTENER_KEYS = (
+    "name",
+    "bind",
+    "mode",
+    "pool",
+    "routes",
+    "max_connections",
+    "idle_timeout",
+    "backlog",
+    "accept_proxy_protocol",
+    "proxy_protocol_from",
+    "trusted_proxies",
+    "limits",
+)
+_ROUTE_KEYS = ("name", "match", "pool")
+_MATCH_KEYS = ("host", "path_prefix", "path")
+_LIMITS_KEYS = (
+    "max_header_bytes",
+    "max_header_count",
+    "max_body_bytes",
+    "request_header_timeout",
+    "keepalive_timeout",
+    "client_timeout",
+)
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_COOKIE_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_METHOD_RE = re.compile(r"[A-Za-z]{1,20}")
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_BARE_IPV6_RE = re.compile(r"\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.%]*\]")
+
+
+class _Invalid:
+    """Stands for a YAML value that could not be constructed (its problem is already reported)."""
+
+    def __repr__(self) -> str:
+        return "<invalid>"
+
+
+_INVALID: Any = _Invalid()
+
+# Defaults live in model.py only; these instances are where the loader reads them.
+_CONFIG_DEFAULTS = Config(pools={}, listeners=())
+_POOL_DEFAULTS = PoolConfig(name="", backends=())
+_BACKEND_DEFAULTS = BackendConfig(address=Address("0.0.0.0", 1))
+_HEALTH_DEFAULTS = HealthCheckConfig()
+_COOKIE_DEFAULTS = CookieConfig()
+_LISTENER_DEFAULTS = ListenerConfig(name="", bind=Address("0.0.0.0", 0), mode="http")
+_LIMITS_DEFAULTS = HttpLimits()
+_ACCESS_LOG_DEFAULTS = AccessLogConfig()
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def load_config(path: str) -> Config:
+    """Read and validate the YAML file at ``path``.
+
+    Raises ``ConfigError`` listing every problem; ``["PATH: cannot read: REASON"]`` when the file
+    cannot be read or is not UTF-8.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: cannot read: not valid UTF-8 ({exc.reason})"]) from exc
+    return load_config_text(text, source=path)
+
+
+def load_config_text(text: str, source: str = "<config>") -> Config:
+    """Validate the YAML document ``text``; ``source`` names it in messages and ``Config.source``.
+
+    Raises ``ConfigError`` whose ``problems`` are every ``FILE:LINE: key.path: message`` found.
+    """
+    problems = _Problems(source)
+    root = _parse_yaml(text, problems)
+    config: Config | None = None
+    if root is not None:
+        config = _build_config(root, problems)
+    if problems.items or config is None:
+        raise ConfigError(problems.sorted())
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Problems
+
+
+class _Problems:
+    """Collects ``FILE:LINE: key.path: message`` lines for one source."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[tuple[int, str]] = []
+
+    def add(self, line: int, path: str, message: str) -> None:
+        """Record a problem at 1-based ``line``; ``path`` may be empty for document-level ones."""
+        prefix = f"{self.source}:{line}: {path}: " if path else f"{self.source}:{line}: "
+        self.items.append((line, prefix + message))
+
+    def sorted(self) -> list[str]:
+        """Every problem, ordered by line (stable for problems on the same line)."""
+        return [text for _, text in sorted(self.items, key=lambda item: item[0])]
+
+
+def _suggest(word: str, options: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``options``, or ``""``."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+# --------------------------------------------------------------------------------------------
+# YAML nodes -> Python values that remember their lines
+
+
+class _Map(dict[str, Any]):
+    """A YAML mapping with the 1-based line of the mapping and of each of its keys."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__()
+        self.line = line
+        self.key_lines: dict[str, int] = {}
+
+
+class _Seq(list[Any]):
+    """A YAML sequence with the 1-based line of the sequence and of each item."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__()
+        self.line = line
+        self.item_lines: list[int] = []
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _parse_yaml(text: str, problems: _Problems) -> _Map | None:
+    """The document's root mapping, or ``None`` after recording why there is none."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        message = str(exc.problem or exc.context or "invalid YAML")
+        problems.add(line, "yaml", message + _yaml_hint(text, line))
+        return None
+    except yaml.YAMLError as exc:
+        problems.add(1, "yaml", str(exc))
+        return None
+    if node is None:
+        problems.add(1, "", "empty configuration")
+        return None
+    root = _NodeConverter(problems).convert(node, "")
+    if root is _INVALID:
+        return None
+    if root is None and isinstance(node, ScalarNode) and node.value.strip() == "":
+        problems.add(1, "", "empty configuration")
+        return None
+    if not isinstance(root, _Map):
+        problems.add(_line(node), "", f"expected a mapping at the top level, got {describe(root)}")
+        return None
+    if not root:
+        problems.add(root.line, "", "empty configuration")
+        return None
+    return root
+
+
+def _yaml_hint(text: str, line: int) -> str:
+    """A hint for the usual YAML mistake on ``line``: an unquoted ``[ipv6]:port``."""
+    lines = text.splitlines()
+    if 1 <= line <= len(lines) and _BARE_IPV6_RE.search(lines[line - 1]):
+        return ' (quote IPv6 addresses: "[::1]:8080")'
+    return ""
+
+
+class _NodeConverter:
+    """Turns composed YAML nodes into ``_Map``/``_Seq``/scalars, reporting duplicate keys."""
+
+    def __init__(self, problems: _Problems) -> None:
+        self._problems = problems
+        self._constructor = SafeConstructor()
+        self._active: set[int] = set()
+
+    def convert(self, node: Node, path: str) -> Any:
+        """The Python value of ``node``; ``path`` is its key path, for messages."""
+        if id(node) in self._active:
+            self._problems.add(_line(node), path or "yaml", "recursive alias")
+            return _INVALID
+        self._active.add(id(node))
+        try:
+            if isinstance(node, MappingNode):
+                return self._mapping(node, path)
+            if isinstance(node, SequenceNode):
+                return self._sequence(node, path)
+            return self._scalar(node, path)
+        finally:
+            self._active.discard(id(node))
+
+    def _scalar(self, node: Node, path: str) -> Any:
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except ConstructorError as exc:
+            self._problems.add(_line(node), path or "yaml", str(exc.problem))
+            return _INVALID
+
+    def _sequence(self, node: SequenceNode, path: str) -> _Seq:
+        seq = _Seq(_line(node))
+        for index, item in enumerate(node.value):
+            seq.append(self.convert(item, f"{path}[{index}]"))
+            seq.item_lines.append(_line(item))
+        return seq
+
+    def _mapping(self, node: MappingNode, path: str) -> _Map:
+        mapping = _Map(_line(node))
+        self._report_duplicates(node, path)
+        try:
+            self._constructor.flatten_mapping(node)
+        except ConstructorError as exc:
+            self._problems.add(_line(node), path or "yaml", str(exc.problem))
+            return mapping
+        for key_node, value_node in node.value:
+            key = self._scalar(key_node, path) if isinstance(key_node, ScalarNode) else None
+            if not isinstance(key, str):
+                shown = describe(key) if isinstance(key_node, ScalarNode) else "a collection"
+                message = f"keys must be strings, got {shown}"
+                self._problems.add(_line(key_node), path or "yaml", message)
+                continue
+            mapping[key] = self.convert(value_node, _join(path, key))
+            mapping.key_lines[key] = _line(key_node)
+        return mapping
+
+    def _report_duplicates(self, node: MappingNode, path: str) -> None:
+        seen: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue
+            key = str(key_node.value)
+            if key in seen:
+                self._problems.add(
+                    _line(key_node),
+                    _join(path, key),
+                    f"duplicate key '{key}' (first at line {seen[key]})",
+                )
+            else:
+                seen[key] = _line(key_node)
+
+
+# --------------------------------------------------------------------------------------------
+# Converters: value -> validated value, raising ValueError(message)
+
+
+def _int(low: int | None = None, high: int | None = None) -> Converter[int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {describe(value)}")
+        if low is not None and high is not None and not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        if low is not None and value < low:
+            raise ValueError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise ValueError(f"must be at most {high}, got {value}")
+        return value
+
+    return convert
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {describe(value)}")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {describe(value)}")
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _name(value: Any) -> str:
+    text = _str(value)
+    if not _NAME_RE.fullmatch(text):
+        raise ValueError(
+            f"invalid name {text!r}: use letters, digits, '_', '-' and '.' (at most 64, "
+            "starting with a letter or digit)"
+        )
+    return text
+
+
+def _url_path(value: Any) -> str:
+    text = _str(value)
+    if not text.startswith("/"):
+        raise ValueError(f"must start with '/', got {text!r}")
+    if any(ch.isspace() or ord(ch) < 0x20 or ch == ";" for ch in text):
+        raise ValueError(f"must not contain spaces, control characters or ';': {text!r}")
+    return text
+
+
+def _duration(*, positive: bool) -> Converter[float]:
+    def convert(value: Any) -> float:
+        seconds = parse_duration(value)
+        if positive and seconds <= 0:
+            raise ValueError(f"must be greater than 0, got {describe(value)}")
+        return seconds
+
+    return convert
+
+
+def _choice(options: Sequence[str], *, ignore_case: bool = False) -> Converter[str]:
+    def convert(value: Any) -> str:
+        if isinstance(value, str):
+            for option in options:
+                if value == option or (ignore_case and value.lower() == option.lower()):
+                    return option
+        shown = ", ".join(options)
+        hint = _suggest(value, options) if isinstance(value, str) else ""
+        raise ValueError(f"expected one of {shown}, got {describe(value)}{hint}")
+
+    return convert
+
+
+def _address(*, allow_port_zero: bool) -> Converter[Address]:
+    def convert(value: Any) -> Address:
+        if isinstance(value, list):
+            raise ValueError(
+                "expected an address string like 'host:port', got list "
+                "(quote IPv6 addresses: \"[::1]:8080\")"
+            )
+        return parse_address(value, allow_port_zero=allow_port_zero)
+
+    return convert
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {describe(value)}")
+    return value
+
+
+def _cidrs(value: Any) -> tuple[str, ...]:
+    """A list of CIDR networks; a single string is a list of one."""
+    if isinstance(value, str):
+        return (parse_cidr(value),)
+    if isinstance(value, list):
+        return tuple(parse_cidr(item) for item in value)
+    raise ValueError(f"expected a list of CIDR networks, got {describe(value)}")
+
+
+def _strategy(value: Any) -> str:
+    name = _str(value)
+    if name in BUILTIN_STRATEGIES:
+        return name
+    from lbproxy.balancing.registry import resolve_strategy_class
+
+    resolve_strategy_class(name)
+    return name
+
+
+def _match_host(value: Any) -> str:
+    host = _str(value).lower()
+    bare = host[2:] if host.startswith("*.") else host
+    if not is_dns_name(bare):
+        raise ValueError(
+            f"invalid host {value!r}: expected a host name such as 'example.com' or "
+            "'*.example.com' (without port)"
+        )
+    return host
+
+
+def _token(value: Any) -> str:
+    text = _str(value)
+    if any(ch.isspace() for ch in text):
+        raise ValueError("must not contain whitespace")
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+
+class _Section:
+    """A YAML mapping being read at ``path``: reports unknown keys, then hands out typed values.
+
+    Getters record a problem and return the default (``get``) or ``None`` (``require``) when a
+    value is invalid, so a caller keeps going and every problem is found.
+    """
+
+    def __init__(self, problems: _Problems, node: _Map, path: str, keys: Sequence[str]) -> None:
+        self.problems = problems
+        self.node = node
+        self.path = path
+        for key in node:
+            if key not in keys:
+                self.error(key, f"unknown key '{key}'{_suggest(key, keys)}")
+
+    def sub(self, key: str) -> str:
+        """The key path of ``key`` in this mapping."""
+        return _join(self.path, key)
+
+    def line(self, key: str) -> int:
+        """The line of ``key``, or of this mapping when the key is absent."""
+        return self.node.key_lines.get(key, self.node.line)
+
+    def has(self, key: str) -> bool:
+        """True when ``key`` is present with a non-null, constructible value."""
+        value = self.node.get(key)
+        return value is not None and value is not _INVALID
+
+    def error(self, key: str, message: str) -> None:
+        """Record a problem about ``key`` at its line."""
+        self.problems.add(self.line(key), self.sub(key), message)
+
+    def missing(self, key: str, why: str = "") -> None:
+        """Record that required ``key`` is absent (at this mapping's line)."""
+        self.problems.add(self.node.line, self.sub(key), f"missing required key '{key}'{why}")
+
+    def get(self, key: str, convert: Converter[T], default: T) -> T:
+        """The converted value of ``key``; ``default`` when absent, null or invalid."""
+        if not self.has(key):
+            return default
+        try:
+            return convert(self.node[key])
+        except ValueError as exc:
+            self.error(key, str(exc))
+            return default
+
+    def require(self, key: str, convert: Converter[T], why: str = "") -> T | None:
+        """The converted value of ``key``; ``None`` (problem recorded) when absent or invalid."""
+        if key not in self.node:
+            self.missing(key, why)
+            return None
+        if self.node[key] is _INVALID:
+            return None
+        try:
+            return convert(self.node[key])
+        except ValueError as exc:
+            self.error(key, str(exc))
+            return None
+
+    def section(self, key: str, keys: Sequence[str]) -> _Section | None:
+        """The mapping under ``key`` as a ``_Section``; ``None`` if absent, null or no mapping."""
+        if not self.has(key):
+            return None
+        return _as_section(self.problems, self.node[key], self.sub(key), self.line(key), keys)
+
+    def items(self, key: str) -> list[tuple[int, str, Any]] | None:
+        """``(line, path, value)`` of each item of the list under ``key``; ``None`` if no list."""
+        value = self.node.get(key)
+        if value is _INVALID:
+            return None
+        if not isinstance(value, _Seq):
+            self.error(key, f"expected a list, got {describe(value)}")
+            return None
+        path = self.sub(key)
+        return [(value.item_lines[i], f"{path}[{i}]", item) for i, item in enumerate(value)]
+
+
+def _as_section(
+    problems: _Problems, value: Any, path: str, line: int, keys: Sequence[str]
+) -> _Section | None:
+    """``value`` as a ``_Section``, or ``None`` after reporting that it is not a mapping."""
+    if value is _INVALID:
+        return None
+    if not isinstance(value, _Map):
+        problems.add(line, path, f"expected a mapping, got {describe(value)}")
+        return None
+    return _Section(problems, value, path, keys)
+
+
+def _switchable(sec: _Section, key: str) -> bool | None:
+    """For a ``key: true | false | {mapping}`` section: the bool, or ``None`` for a mapping.
+
+    Absent and null count as ``False``; anything else is reported and counts as ``False``.
+    """
+    value = sec.node.get(key)
+    if value is None or value is _INVALID:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, _Map):
+        return None
+    sec.error(key, f"expected true, false or a mapping, got {describe(value)}")
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# Building the config
+
+
+@dataclass
+class _Bind:
+    address: Address
+    line: int
+    path: str
+    label: str
+
+
+@dataclass
+class _Context:
+    """What cross-section checks need: problems, pool names and strategies, binds seen."""
+
+    problems: _Problems
+    pool_names: list[str] = field(default_factory=list)
+    pool_strategies: dict[str, str] = field(default_factory=dict)
+    binds: list[_Bind] = field(default_factory=list)
+
+
+def _build_config(root: _Map, problems: _Problems) -> Config | None:
+    top = _Section(problems, root, "", _TOP_KEYS)
+    ctx = _Context(problems)
+    pools = _build_pools(top, ctx)
+    admin = _build_admin(top, ctx)
+    listeners = _build_listeners(top, ctx)
+    access_log = _build_access_log(top)
+    default = _CONFIG_DEFAULTS
+    drain_timeout = top.get("drain_timeout", _duration(positive=False), default.drain_timeout)
+    shutdown_delay = top.get("shutdown_delay", _duration(positive=False), default.shutdown_delay)
+    _check_bind_clashes(ctx)
+    if pools is None or listeners is None or problems.items:
+        return None
+    return Config(
+        pools=pools,
+        listeners=listeners,
+        admin=admin,
+        access_log=access_log,
+        drain_timeout=drain_timeout,
+        shutdown_delay=shutdown_delay,
+        source=problems.source,
+    )
+
+
+# ---- pools
+
+
+def _build_pools(top: _Section, ctx: _Context) -> dict[str, PoolConfig] | None:
+    if "pools" not in top.node:
+        top.missing("pools")
+        return None
+    node = top.node["pools"]
+    if node is _INVALID:
+        return None
+    if not isinstance(node, _Map):
+        top.error("pools", f"expected a mapping of pool names to pools, got {describe(node)}")
+        return None
+    if not node:
+        top.error("pools", "at least one pool is required")
+        return None
+    ctx.pool_names = list(node)
+    pools: dict[str, PoolConfig] = {}
+    for name, value in node.items():
+        path, line = f"pools.{name}", node.key_lines[name]
+        try:
+            _name(name)
+        except ValueError as exc:
+            ctx.problems.add(line, path, str(exc))
+        pool = _build_pool(ctx, name, value, path, line)
+        if pool is not None:
+            pools[name] = pool
+    return pools
+
+
+def _build_pool(ctx: _Context, name: str, value: Any, path: str, line: int) -> PoolConfig | None:
+    sec = _as_section(ctx.problems, value, path, line, _POOL_KEYS)
+    if sec is None:
+        return None
+    default = _POOL_DEFAULTS
+    strategy = sec.get("strategy", _strategy, default.strategy)
+    if isinstance(sec.node.get("strategy"), str):
+        ctx.pool_strategies[name] = sec.node["strategy"]
+    backends = _build_backends(sec)
+    positive = _duration(positive=True)
+    pool = PoolConfig(
+        name=name,
+        backends=backends or (),
+        strategy=strategy,
+        health_check=_build_health_check(sec),
+        connect_timeout=sec.get("connect_timeout", positive, default.connect_timeout),
+        response_timeout=sec.get("response_timeout", positive, default.response_timeout),
+        retries=sec.get("retries", _int(0, 100), default.retries),
+        max_idle_connections=sec.get(
+            "max_idle_connections", _int(0), default.max_idle_connections
+        ),
+        idle_connection_timeout=sec.get(
+            "idle_connection_timeout", positive, default.idle_connection_timeout
+        ),
+        proxy_protocol=sec.get(  # type: ignore[arg-type]
+            "proxy_protocol", _choice(("v1", "v2")), default.proxy_protocol
+        ),
+        cookie=_build_cookie(sec),
+    )
+    return pool if backends is not None else None
+
+
+def _build_backends(pool: _Section) -> tuple[BackendConfig, ...] | None:
+    if "backends" not in pool.node:
+        pool.missing("backends")
+        return None
+    items = pool.items("backends")
+    if items is None:
+        return None
+    if not items:
+        pool.error("backends", "a pool needs at least one backend")
+        return None
+    backends: list[BackendConfig] = []
+    seen: dict[Address, int] = {}
+    for line, path, value in items:
+        backend = _build_backend(pool.problems, value, path, line)
+        if backend is None:
+            continue
+        if backend.address in seen:
+            first = seen[backend.address]
+            message = f"duplicate backend {backend.address} (first at line {first})"
+            pool.problems.add(line, path, message)
+        seen.setdefault(backend.address, line)
+        backends.append(backend)
+    return tuple(backends) if len(backends) == len(items) else None
+
+
+def _build_backend(problems: _Problems, value: Any, path: str, line: int) -> BackendConfig | None:
+    if isinstance(value, str):
+        try:
+            return BackendConfig(address=parse_address(value, allow_port_zero=False))
+        except ValueError as exc:
+            problems.add(line, path, str(exc))
+            return None
+    sec = _as_section(problems, value, path, line, _BACKEND_KEYS)
+    if sec is None:
+        return None
+    default = _BACKEND_DEFAULTS
+    address = sec.require("address", _address(allow_port_zero=False))
+    weight = sec.get("weight", _int(1, 1000), default.weight)
+    max_connections = sec.get("max_connections", _int(1), default.max_connections)
+    proxy_protocol = sec.get("proxy_protocol", _choice(("v1", "v2")), default.proxy_protocol)
+    if address is None:
+        return None
+    return BackendConfig(
+        address=address,
+        weight=weight,
+        max_connections=max_connections,
+        proxy_protocol=proxy_protocol,  # type: ignore[arg-type]
+    )
+
+
+def _build_health_check(pool: _Section) -> HealthCheckConfig | None:
+    switch = _switchable(pool, "health_check")
+    if switch is not None:
+        return HealthCheckConfig() if switch else None
+    sec = pool.section("health_check", _HEALTH_KEYS)
+    if sec is None:
+        return None
+    default = _HEALTH_DEFAULTS
+    method = sec.get("method", _str, default.method)
+    if not _METHOD_RE.fullmatch(method):
+        sec.error("method", f"invalid HTTP method {method!r}")
+    return HealthCheckConfig(
+        type=sec.get("type", _choice(("tcp", "http")), default.type),  # type: ignore[arg-type]
+        interval=sec.get("interval", _duration(positive=True), default.interval),
+        timeout=sec.get("timeout", _duration(positive=True), default.timeout),
+        healthy_threshold=sec.get("healthy_threshold", _int(1), default.healthy_threshold),
+        unhealthy_threshold=sec.get("unhealthy_threshold", _int(1), default.unhealthy_threshold),
+        method=method.upper(),
+        path=sec.get("path", _url_path, default.path),
+        host=sec.get("host", _token, default.host),
+        expect_status=sec.get("expect_status", parse_status_ranges, default.expect_status),
+        expect_body=sec.get("expect_body", _text, default.expect_body),
+    )
+
+
+def _build_cookie(pool: _Section) -> CookieConfig:
+    default = _COOKIE_DEFAULTS
+    sec = pool.section("cookie", _COOKIE_KEYS)
+    if sec is None:
+        return default
+    same_site: str | None = default.same_site
+    if "same_site" in sec.node and sec.node["same_site"] is None:
+        same_site = None
+    else:
+        same_site_choice = _choice(("Strict", "Lax", "None"), ignore_case=True)
+        same_site = sec.get("same_site", same_site_choice, same_site)
+    name = sec.get("name", _str, default.name)
+    if not _COOKIE_NAME_RE.fullmatch(name):
+        sec.error("name", f"invalid cookie name {name!r}")
+    return CookieConfig(
+        name=name,
+        path=sec.get("path", _url_path, default.path),
+        max_age=sec.get("max_age", _int(0), default.max_age),
+        http_only=sec.get("http_only", _bool, default.http_only),
+        secure=sec.get("secure", _bool, default.secure),
+        same_site=same_site,  # type: ignore[arg-type]
+        secret=sec.get("secret", _text, default.secret),
+    )
+
+
+# ---- admin and access log
+
+
+def _build_admin(top: _Section, ctx: _Context) -> AdminConfig | None:
+    sec = top.section("admin", _ADMIN_KEYS)
+    if sec is None:
+        return None
+    bind = sec.require("bind", _address(allow_port_zero=True))
+    token = sec.get("token", _token, None)
+    if bind is None:
+        return None
+    ctx.binds.append(_Bind(bind, sec.line("bind"), sec.sub("bind"), "the admin listener"))
+    return AdminConfig(bind=bind, token=token)
+
+
+def _build_access_log(top: _Section) -> AccessLogConfig | None:
+    switch = _switchable(top, "access_log")
+    if switch is not None:
+        return AccessLogConfig() if switch else None
+    sec = top.section("access_log", _ACCESS_LOG_KEYS)
+    if sec is None:
+        return None
+    default = _ACCESS_LOG_DEFAULTS
+    return AccessLogConfig(
+        format=sec.get(  # type: ignore[arg-type]
+            "format", _choice(("combined", "json")), default.format
+        ),
+        path=sec.get("path", _str, default.path),
+    )
+
+
+# ---- listeners
+
+
+def _build_listeners(top: _Section, ctx: _Context) -> tuple[ListenerConfig, ...] | None:
+    if "listeners" not in top.node:
+        top.missing("listeners")
+        return None
+    items = top.items("listeners")
+    if items is None:
+        return None
+    if not items:
+        top.error("listeners", "at least one listener is required")
+        return None
+    listeners: list[ListenerConfig] = []
+    names: dict[str, int] = {}
+    for line, path, value in items:
+        sec = _as_section(ctx.problems, value, path, line, _LISTENER_KEYS)
+        if sec is None:
+            continue
+        name = sec.require("name", _name)
+        if name is not None:
+            if name in names:
+                sec.error("name", f"duplicate listener name '{name}' (first at line {names[name]})")
+            names.setdefault(name, sec.line("name"))
+        listener = _build_listener(sec, ctx, name)
+        if listener is not None:
+            listeners.append(listener)
+    return tuple(listeners) if len(listeners) == len(items) else None
+
+
+def _build_listener(sec: _Section, ctx: _Context, name: str | None) -> ListenerConfig | None:
+    bind = sec.require("bind", _address(allow_port_zero=True))
+    if bind is not None:
+        label = f"listener '{name}'" if name else f"listener {sec.path}"
+        ctx.binds.append(_Bind(bind, sec.line("bind"), sec.sub("bind"), label))
+    mode = sec.require("mode", _choice(("http", "tcp"))) if "mode" in sec.node else "http"
+    pool: str | None = None
+    routes: tuple[RouteConfig, ...] = ()
+    shape_ok = False
+    if mode is not None:
+        pool, routes, shape_ok = _listener_targets(sec, ctx, mode)
+    default = _LISTENER_DEFAULTS
+    max_connections = sec.get("max_connections", _int(1), default.max_connections)
+    idle_timeout = sec.get("idle_timeout", _duration(positive=True), default.idle_timeout)
+    backlog = sec.get("backlog", _int(1, 65535), default.backlog)
+    accept_proxy = sec.get("accept_proxy_protocol", _bool, default.accept_proxy_protocol)
+    proxy_from = sec.get("proxy_protocol_from", _cidrs, default.proxy_protocol_from)
+    trusted_proxies = sec.get("trusted_proxies", _cidrs, default.trusted_proxies)
+    limits = _build_limits(sec)
+    if name is None or bind is None or mode is None or not shape_ok:
+        return None
+    return ListenerConfig(
+        name=name,
+        bind=bind,
+        mode=mode,  # type: ignore[arg-type]
+        pool=pool,
+        routes=routes,
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        backlog=backlog,
+        accept_proxy_protocol=accept_proxy,
+        proxy_protocol_from=proxy_from,
+        trusted_proxies=trusted_proxies,
+        limits=limits,
+    )
+
+
+def _listener_targets(
+    sec: _Section, ctx: _Context, mode: str
+) -> tuple[str | None, tuple[RouteConfig, ...], bool]:
+    """``(pool, routes, ok)`` for a listener: tcp takes exactly a pool, http a list of routes."""
+    if mode == "tcp":
+        ok = True
+        if "routes" in sec.node:
+            sec.error("routes", "a tcp listener cannot have routes; name one pool with 'pool'")
+            ok = False
+        pool = sec.require("pool", _str, " (a tcp listener forwards to one pool)")
+        if pool is not None and not _check_pool_ref(sec, "pool", pool, ctx):
+            ok = False
+        if pool is not None and ctx.pool_strategies.get(pool) == "cookie_affinity":
+            sec.error(
+                "pool",
+                f"pool '{pool}' uses strategy cookie_affinity, which needs HTTP; "
+                "a tcp listener cannot use it",
+            )
+            ok = False
+        return pool, (), ok and pool is not None
+    ok = True
+    if "pool" in sec.node:
+        sec.error(
+            "pool",
+            "an http listener cannot have 'pool'; use routes "
+            "(a route without match takes everything)",
+        )
+        ok = False
+    if "routes" not in sec.node:
+        sec.missing("routes", " (an http listener needs at least one route)")
+        return None, (), False
+    routes = _build_routes(sec, ctx)
+    return None, routes or (), ok and routes is not None
+
+
+def _check_pool_ref(sec: _Section, key: str, pool: str, ctx: _Context) -> bool:
+    if pool in ctx.pool_names:
+        return True
+    sec.error(key, f"undefined pool '{pool}'{_suggest(pool, ctx.pool_names)}")
+    return False
+
+
+def _build_routes(listener: _Section, ctx: _Context) -> tuple[RouteConfig, ...] | None:
+    items = listener.items("routes")
+    if items is None:
+        return None
+    if not items:
+        listener.error("routes", "an http listener needs at least one route")
+        return None
+    routes: list[RouteConfig] = []
+    names: dict[str, int] = {}
+    for index, (line, path, value) in enumerate(items):
+        route = _build_route(ctx, value, path, line, index)
+        if route is None:
+            continue
+        if route.name in names:
+            message = f"duplicate route name '{route.name}' (first at line {names[route.name]})"
+            ctx.problems.add(line, f"{path}.name", message)
+        names.setdefault(route.name or "", line)
+        routes.append(route)
+    return tuple(routes) if len(routes) == len(items) else None
+
+
+def _build_route(ctx: _Context, value: Any, path: str, line: int, index: int) -> RouteConfig | None:
+    sec = _as_section(ctx.problems, value, path, line, _ROUTE_KEYS)
+    if sec is None:
+        return None
+    name = sec.get("name", _name, f"route{index}")
+    match = _build_match(sec)
+    pool = sec.require("pool", _str)
+    if pool is None or not _check_pool_ref(sec, "pool", pool, ctx):
+        return None
+    return RouteConfig(pool=pool, match=match, name=name)
+
+
+def _build_match(route: _Section) -> MatchConfig:
+    sec = route.section("match", _MATCH_KEYS)
+    if sec is None:
+        return MatchConfig()
+    return MatchConfig(
+        host=sec.get("host", _match_host, None),
+        path_prefix=sec.get("path_prefix", _url_path, None),
+        path=sec.get("path", _url_path, None),
+    )
+
+
+def _build_limits(listener: _Section) -> HttpLimits:
+    default = _LIMITS_DEFAULTS
+    sec = listener.section("limits", _LIMITS_KEYS)
+    if sec is None:
+        return default
+    return HttpLimits(
+        max_header_bytes=sec.get("max_header_bytes", _int(256), default.max_header_bytes),
+        max_header_count=sec.get("max_header_count", _int(1), default.max_header_count),
+        max_body_bytes=sec.get("max_body_bytes", _int(0), default.max_body_bytes),
+        request_header_timeout=sec.get(
+            "request_header_timeout", _duration(positive=True), default.request_header_timeout
+        ),
+        keepalive_timeout=sec.get(
+            "keepalive_timeout", _duration(positive=True), default.keepalive_timeout
+        ),
+        client_timeout=sec.get("client_timeout", _duration(positive=True), default.client_timeout),
+    )
+
+
+# ---- cross checks
+
+
+def _clashes(a: Address, b: Address) -> bool:
+    if a.port != b.port or a.port == 0:
+        return False
+    return a.host == b.host or a.host in _WILDCARD_HOSTS or b.host in _WILDCARD_HOSTS
+
+
+def _check_bind_clashes(ctx: _Context) -> None:
+    """Report every bind that clashes with an earlier one (port 0 never clashes)."""
+    binds = sorted(ctx.binds, key=lambda b: b.line)
+    for index, bind in enumerate(binds):
+        for earlier in binds[:index]:
+            if _clashes(earlier.address, bind.address):
+                ctx.problems.add(
+                    bind.line,
+                    bind.path,
+                    f"address {bind.address} clashes with {earlier.label} on "
+                    f"{earlier.address} (line {earlier.line})",
+                )
+                break

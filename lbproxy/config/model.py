@@ -1,0 +1,152 @@
+"""The validated configuration: frozen dataclasses, built only by ``lbproxy.config.loader``.
+
+Every value here has already been checked; code that consumes a ``Config`` never re-validates.
+Durations are float seconds; in YAML they may be numbers (seconds) or strings such as ``250ms``,
+``2s``, ``5m``, ``1h``. Defaults are the ones documented in README.md ("Configuration reference").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ListenerMode = Literal["http", "tcp"]
+ProxyProtocolVersion = Literal["v1", "v2"]
+HealthCheckType = Literal["tcp", "http"]
+AccessLogFormat = Literal["combined", "json"]
+SameSite = Literal["Strict", "Lax", "None"]
+
+BUILTIN_STRATEGIES: tuple[str, ...] = (
+    "round_robin",
+    "least_connections",
+    "ip_hash",
+    "random",
+    "cookie_affinity",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A host and port; ``host`` is an IP literal or a name, IPv6 without brackets."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    address: Address
+    weight: int = 1  # 1..1000; 0 is not allowed (use the admin API to drain)
+    max_connections: int | None = None  # beyond it the strategy skips this backend
+    proxy_protocol: ProxyProtocolVersion | None = None  # None: inherit the pool's
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckConfig:
+    type: HealthCheckType = "tcp"
+    interval: float = 2.0
+    timeout: float = 1.0
+    healthy_threshold: int = 2  # haproxy "rise"
+    unhealthy_threshold: int = 3  # haproxy "fall"
+    # http checks only:
+    method: str = "GET"
+    path: str = "/"
+    host: str | None = None
+    expect_status: tuple[tuple[int, int], ...] = ((200, 399),)  # inclusive ranges
+    expect_body: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CookieConfig:
+    """The affinity cookie that ``cookie_affinity`` inserts (haproxy ``cookie insert indirect nocache``)."""
+
+    name: str = "lbproxy_affinity"
+    path: str = "/"
+    max_age: int | None = None  # seconds; None: a session cookie
+    http_only: bool = True
+    secure: bool = False
+    same_site: SameSite | None = "Lax"
+    secret: str = ""  # HMAC key; instances sharing it honour each other's cookies
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    name: str
+    backends: tuple[BackendConfig, ...]
+    strategy: str = "round_robin"  # a BUILTIN_STRATEGIES name or "package.module:ClassName"
+    health_check: HealthCheckConfig | None = None
+    connect_timeout: float = 5.0
+    response_timeout: float = 60.0  # L7: from request sent to response head received
+    retries: int = 2  # further backends tried after a connect failure
+    max_idle_connections: int = 32  # L7 upstream keep-alive connections kept per backend
+    idle_connection_timeout: float = 60.0  # an idle upstream connection older than this is closed
+    proxy_protocol: ProxyProtocolVersion | None = None
+    cookie: CookieConfig = field(default_factory=CookieConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class MatchConfig:
+    """All given conditions must hold; an empty match takes everything."""
+
+    host: str | None = None  # exact, case-insensitive, port ignored; "*.example.com" wildcard
+    path_prefix: str | None = None
+    path: str | None = None  # exact
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    pool: str
+    match: MatchConfig = field(default_factory=MatchConfig)
+    name: str | None = None  # for metrics and logs; defaults to "route<index>"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    max_header_bytes: int = 65536  # request line + headers; beyond it: 431
+    max_header_count: int = 100  # beyond it: 431
+    max_body_bytes: int | None = None  # None: unlimited (bodies are streamed); beyond it: 413
+    request_header_timeout: float = 10.0  # first byte to end of headers; beyond it: 408
+    keepalive_timeout: float = 75.0  # idle client keep-alive connection
+    client_timeout: float = 60.0  # client silent while we wait for more of its body
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    name: str
+    bind: Address
+    mode: ListenerMode
+    pool: str | None = None  # tcp listeners: required
+    routes: tuple[RouteConfig, ...] = ()  # http listeners: required, non-empty
+    max_connections: int = 10000  # beyond it the listener stops accepting until one closes
+    idle_timeout: float = 300.0  # tcp listeners: no bytes either way for this long closes both sides
+    backlog: int = 1024
+    accept_proxy_protocol: bool = False
+    proxy_protocol_from: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # trusted senders (CIDR)
+    trusted_proxies: tuple[str, ...] = ()  # http: X-Forwarded-* kept only from these (CIDR)
+    limits: HttpLimits = field(default_factory=HttpLimits)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    bind: Address
+    token: str | None = None  # bearer token required for mutating endpoints when set
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    format: AccessLogFormat = "combined"
+    path: str = "-"  # "-" is stderr
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    pools: dict[str, PoolConfig]
+    listeners: tuple[ListenerConfig, ...]
+    admin: AdminConfig | None = None
+    access_log: AccessLogConfig | None = None  # None: off
+    drain_timeout: float = 30.0  # graceful shutdown: how long in-flight work may take
+    shutdown_delay: float = 0.0  # keep accepting this long after SIGTERM (readyz already failing)
+    source: str = "<config>"  # the file it was loaded from, for messages

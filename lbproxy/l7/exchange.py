@@ -1,0 +1,609 @@
+"""Exchange: one request from a client and the response relayed for it.
+
+How this works:
+- The session creates an Exchange when httptools starts parsing a request. Parser callbacks fill
+  in the request; ``prepare`` (at end of headers) validates it, picks the route and builds the
+  upstream request head, or records a local response (404, 400, ...).
+- Exchanges of one client connection are served strictly in order (pipelining). Only the session's
+  ``current`` exchange talks to a backend; the ones behind it buffer their (bounded) request bytes.
+- ``start`` (when the exchange becomes current and is prepared) picks a backend and takes an idle
+  upstream connection or dials one; the request head and buffered body go out on attach, later
+  body chunks go straight through, re-framed (the client's framing is never forwarded verbatim).
+- The upstream connection calls back ``upstream_head`` / ``upstream_body`` / ``upstream_complete``
+  / ``upstream_failed``. The response is re-framed for the client too (chunked for HTTP/1.1 when
+  the length is unknown, close-delimited for HTTP/1.0).
+- The session's ``finish`` is called exactly once per exchange; it releases the backend, counts the
+  request and moves on to the next exchange or closes the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from lbproxy.errors import DownstreamError, NoBackend, UpstreamError
+from lbproxy.l7.headers import (
+    FORWARDING,
+    HOP_BY_HOP,
+    connection_tokens,
+    format_host_header,
+    new_request_id,
+    valid_request_id,
+)
+from lbproxy.l7.responses import error_response, status_line
+from lbproxy.l7.upstream import UpstreamConnection
+from lbproxy.net import proxy_protocol
+from lbproxy.net.connect import Dial
+
+if TYPE_CHECKING:
+    import httptools
+
+    from lbproxy.l7.router import Route
+    from lbproxy.l7.session import HttpSession
+    from lbproxy.pool.backend import Backend
+
+log = logging.getLogger("lbproxy.l7")
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+BUFFER_HIGH_WATER = 256 * 1024  # request bytes held while no upstream is attached
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class Exchange:
+    """One request/response cycle on a client connection."""
+
+    __slots__ = (
+        "session",
+        "started",
+        "url",
+        "headers",
+        "method",
+        "http10",
+        "keep_alive",
+        "host",
+        "route",
+        "backend",
+        "tried",
+        "last_error",
+        "head",
+        "upstream",
+        "dial",
+        "prepared",
+        "request_complete",
+        "request_chunked",
+        "expect_continue",
+        "upgrade",
+        "body_bytes",
+        "body_sent",
+        "buffer",
+        "buffered",
+        "retried",
+        "request_id",
+        "local_response",
+        "local_close",
+        "status",
+        "response_started",
+        "response_chunked",
+        "response_close_delimited",
+        "response_complete",
+        "close_after",
+        "bytes_out",
+        "finished",
+        "termination",
+        "tunnel_buffer",
+        "tunnel_open",
+    )
+
+    def __init__(self, session: HttpSession) -> None:
+        self.session = session
+        self.started = session.loop.time()
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b""
+        self.http10 = False
+        self.keep_alive = True
+        self.host = ""
+        self.route: Route | None = None
+        self.backend: Backend | None = None
+        self.tried: list[Backend] = []
+        self.last_error: UpstreamError | None = None
+        self.head = b""
+        self.upstream: UpstreamConnection | None = None
+        self.dial: Dial | None = None
+        self.prepared = False
+        self.request_complete = False
+        self.request_chunked = False
+        self.expect_continue = False
+        self.upgrade: bytes | None = None
+        self.body_bytes = 0
+        self.body_sent = False
+        self.buffer: list[bytes] = []
+        self.buffered = 0
+        self.retried = False
+        self.request_id = b""
+        self.local_response: bytes | None = None
+        self.local_close = False
+        self.status = 0
+        self.response_started = False
+        self.response_chunked = False
+        self.response_close_delimited = False
+        self.response_complete = False
+        self.close_after = False
+        self.bytes_out = 0
+        self.finished = False
+        self.termination = ""
+        self.tunnel_buffer: list[bytes] | None = None
+        self.tunnel_open = False
+
+    # == request side (called by the session) ==================================================
+
+    def prepare(self, parser: httptools.HttpRequestParser) -> None:
+        """Validate the request head, route it and build the upstream head.
+
+        Raises DownstreamError for a request that must be refused with a 4xx and a close.
+        Records a local response (``respond_locally``) when no route matches.
+        """
+        session = self.session
+        listener = session.listener
+        version = parser.get_http_version()
+        if version == "1.0":
+            self.http10 = True
+        elif version != "1.1":
+            raise DownstreamError(f"unsupported HTTP version {version}", 505)
+        self.method = method = parser.get_method()
+        self.keep_alive = parser.should_keep_alive()
+        if method == b"CONNECT":
+            raise DownstreamError("CONNECT is not supported", 405)
+
+        host_value: bytes | None = None
+        host_count = 0
+        content_length: bytes | None = None
+        transfer_encoding: bytes | None = None
+        conn_listed: list[bytes] = []
+        upgrade: bytes | None = None
+        xff: bytes | None = None
+        xf_proto: bytes | None = None
+        xf_host: bytes | None = None
+        request_id: bytes | None = None
+        kept: list[tuple[bytes, bytes]] = []
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP or lname in FORWARDING or lname == b"content-length" or lname == b"host":
+                if lname == b"host":
+                    host_count += 1
+                    host_value = value
+                    kept.append((name, value))
+                elif lname == b"content-length":
+                    content_length = value
+                elif lname == b"transfer-encoding":
+                    transfer_encoding = value if transfer_encoding is None else transfer_encoding + b"," + value
+                elif lname == b"connection":
+                    conn_listed.extend(connection_tokens(value))
+                elif lname == b"upgrade":
+                    upgrade = value
+                elif lname == b"x-forwarded-for":
+                    xff = value if xff is None else xff + b", " + value
+                elif lname == b"x-forwarded-proto":
+                    xf_proto = value
+                elif lname == b"x-forwarded-host":
+                    xf_host = value
+                elif lname == b"x-request-id":
+                    request_id = value
+                elif lname == b"forwarded" and session.trusted:
+                    kept.append((name, value))
+                continue
+            if lname == b"expect":
+                if value.strip().lower() == b"100-continue":
+                    self.expect_continue = True
+            kept.append((name, value))
+
+        # -- framing and host rules (RFC 9112; the smuggling family) --
+        if host_count > 1:
+            raise DownstreamError("more than one Host header")
+        if host_count == 0 and not self.http10:
+            raise DownstreamError("missing Host header")
+        if transfer_encoding is not None:
+            if self.http10:
+                raise DownstreamError("Transfer-Encoding on HTTP/1.0")
+            if transfer_encoding.strip().lower() != b"chunked":
+                raise DownstreamError("unsupported Transfer-Encoding", 501)
+            self.request_chunked = True
+        has_body = self.request_chunked
+        if content_length is not None:
+            declared = int(content_length)  # digits only: httptools validated it
+            limit = listener.limits.max_body_bytes
+            if limit is not None and declared > limit:
+                raise DownstreamError(f"request body of {declared} bytes exceeds the limit of {limit}", 413)
+            has_body = declared > 0
+
+        url = self.url
+        if url[:1] != b"/" and url != b"*":
+            # absolute-form: the authority in the target overrides Host (RFC 9112 section 3.2.2)
+            scheme, sep, rest = url.partition(b"://")
+            if not sep or scheme.lower() not in (b"http", b"https"):
+                raise DownstreamError("invalid request target")
+            authority, slash, path = rest.partition(b"/")
+            if not authority or b"@" in authority:
+                raise DownstreamError("invalid request target")
+            host_value = authority
+            url = slash + path if slash else b"/"
+            kept = [(n, v) for n, v in kept if n.lower() != b"host"]
+            kept.append((b"Host", authority))
+        self.host = format_host_header(host_value).decode("latin-1") if host_value is not None else ""
+
+        # Names listed in Connection are hop-by-hop too; removing them happens before lbproxy
+        # adds its own headers, so a client can't strip X-Forwarded-* or X-Request-Id.
+        if conn_listed:
+            listed = set(conn_listed)
+            if b"upgrade" in listed and upgrade is not None:
+                self.upgrade = upgrade
+            kept = [(n, v) for n, v in kept if n.lower() not in listed]
+        if upgrade is not None and self.upgrade is None:
+            upgrade = None
+
+        if request_id is not None and valid_request_id(request_id):
+            self.request_id = request_id
+        else:
+            self.request_id = new_request_id()
+
+        path = url.partition(b"?")[0].decode("latin-1")
+        route = listener.router.match(self.host, path)
+        if route is None:
+            self.respond_locally(404, "no route for this request")
+            self.prepared = True
+            return
+        self.route = route
+
+        client = session.client_host.encode("ascii")
+        trusted = session.trusted
+        parts = [method, b" ", url, b" HTTP/1.1\r\n"]
+        for name, value in kept:
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"X-Forwarded-For: ", xff + b", " + client if trusted and xff else client, b"\r\n")
+        parts += (b"X-Forwarded-Proto: ", xf_proto if trusted and xf_proto else b"http", b"\r\n")
+        if trusted and xf_host:
+            parts += (b"X-Forwarded-Host: ", xf_host, b"\r\n")
+        elif host_value is not None:
+            parts += (b"X-Forwarded-Host: ", host_value, b"\r\n")
+        parts += (b"X-Request-Id: ", self.request_id, b"\r\n")
+        if self.request_chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif content_length is not None:
+            parts += (b"Content-Length: ", content_length, b"\r\n")
+        if self.upgrade is not None:
+            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
+        parts.append(b"\r\n")
+        self.head = b"".join(parts)
+        self.headers = kept
+        self.prepared = True
+        if not has_body:
+            self.request_complete = True
+
+    def request_body(self, chunk: bytes) -> None:
+        """A piece of the (de-chunked) request body from the parser."""
+        if self.finished:
+            return
+        self.body_bytes += len(chunk)
+        limit = self.session.listener.limits.max_body_bytes
+        if limit is not None and self.body_bytes > limit:
+            raise DownstreamError(f"request body exceeds the limit of {limit} bytes", 413)
+        upstream = self.upstream
+        if upstream is not None:
+            transport = upstream.transport
+            assert transport is not None
+            if self.request_chunked:
+                transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            else:
+                transport.write(chunk)
+            self.body_sent = True
+            upstream.last_activity = self.session.loop.time()
+            return
+        if self.local_response is not None or self.route is None:
+            return  # answered locally; the body is read and dropped
+        if self.request_chunked:
+            self.buffer += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
+        else:
+            self.buffer.append(chunk)
+        self.buffered += len(chunk)
+        if self.buffered > BUFFER_HIGH_WATER:
+            self.session.set_buffer_full(True)
+
+    def request_end(self) -> None:
+        """The parser saw the end of the request message."""
+        self.request_complete = True
+        if self.finished or not self.request_chunked or self.route is None:
+            return
+        upstream = self.upstream
+        if upstream is not None:
+            assert upstream.transport is not None
+            upstream.transport.write(LAST_CHUNK)
+        else:
+            self.buffer.append(LAST_CHUNK)
+
+    def start(self) -> None:
+        """Called once, when this exchange is prepared and first in line."""
+        if self.local_response is not None:
+            self._write_local()
+            return
+        self._dispatch()
+
+    # == backend selection and connection ======================================================
+
+    def _dispatch(self) -> None:
+        route = self.route
+        assert route is not None
+        pool = route.pool
+        backend = None
+        if len(self.tried) <= pool.config.retries:
+            backend = pool.pick(self.session.client_host, self.tried)
+        if backend is None:
+            error = self.last_error or NoBackend(f"no available backend in pool {pool.name}")
+            self._fail(error)
+            return
+        self.tried.append(backend)
+        backend.acquire()
+        self.backend = backend
+        conns = self.session.listener.upstreams.for_backend(backend, pool.config)
+        conn = None if self._sends_proxy_header() else conns.take()
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self._dial(backend)
+
+    def _dial(self, backend: Backend) -> None:
+        route = self.route
+        assert route is not None
+        conns = self.session.listener.upstreams.for_backend(backend, route.pool.config)
+        self.dial = Dial(
+            self.session.loop,
+            backend.host,
+            backend.port,
+            lambda: UpstreamConnection(conns),
+            route.pool.config.connect_timeout,
+            self._on_dialed,
+        )
+
+    def _on_dialed(self, conn: UpstreamConnection | None, error: UpstreamError | None) -> None:
+        self.dial = None
+        if self.finished:
+            if conn is not None:
+                conn.close()
+            return
+        if conn is None:
+            assert error is not None and self.backend is not None
+            self.backend.failures_total += 1
+            self.backend.release()
+            self.backend = None
+            self.last_error = error
+            self._dispatch()
+            return
+        if self._sends_proxy_header():
+            conn.dirty = True  # the header names this client: never reuse for another
+            assert conn.transport is not None
+            session = self.session
+            version = self._proxy_protocol_version()
+            build = proxy_protocol.build_v2 if version == "v2" else proxy_protocol.build_v1
+            conn.transport.write(build((session.client_host, session.client_port), session.local_address))
+        self._attach(conn)
+
+    def _proxy_protocol_version(self) -> str | None:
+        assert self.route is not None and self.backend is not None
+        return self.backend.config.proxy_protocol or self.route.pool.config.proxy_protocol
+
+    def _sends_proxy_header(self) -> bool:
+        return self._proxy_protocol_version() is not None
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        assert self.route is not None
+        self.upstream = conn
+        conn.attach(self, self.route.pool.config.response_timeout)
+        transport = conn.transport
+        assert transport is not None
+        transport.write(self.head)
+        if self.buffer:
+            transport.writelines(self.buffer)
+            self.body_sent = self.buffered > 0
+            self.buffer = []
+            self.buffered = 0
+            self.session.set_buffer_full(False)
+        if self.session.read_paused_by_upstream:
+            self.session.set_upstream_paused(False)
+
+    # == response side (called by UpstreamConnection) ==========================================
+
+    def upstream_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """A 1xx (not 101) response: relay it to HTTP/1.1 clients."""
+        if self.http10 or self.finished:
+            return
+        parts = [status_line(status)]
+        for name, value in headers:
+            if name.lower() not in HOP_BY_HOP:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        self.session.write(b"".join(parts))
+
+    def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+        """The final response head arrived. Returns True when the response has no body."""
+        self.status = status
+        if self.finished:
+            return True
+        no_body = status < 200 or status in (204, 304) or self.method == b"HEAD"
+        content_length: bytes | None = None
+        chunked = False
+        listed: list[bytes] = []
+        upgrade: bytes | None = None
+        kept: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"transfer-encoding":
+                    chunked = True
+                elif lname == b"connection":
+                    listed.extend(connection_tokens(value))
+                elif lname == b"upgrade":
+                    upgrade = value
+                continue
+            if lname == b"content-length":
+                content_length = value
+                continue
+            kept.append((name, value))
+        if listed:
+            drop = set(listed)
+            kept = [(n, v) for n, v in kept if n.lower() not in drop]
+
+        session = self.session
+        tunnel = status == 101 and self.upgrade is not None
+        close = not self.keep_alive or session.closing or (self.upgrade is not None and not tunnel)
+        if no_body:
+            if content_length is not None and (self.method == b"HEAD" or status == 304):
+                kept.append((b"Content-Length", content_length))
+        elif content_length is not None and not chunked:
+            kept.append((b"Content-Length", content_length))
+        else:
+            self.response_close_delimited = not chunked
+            if self.http10:
+                close = True  # no way to frame an unknown length for HTTP/1.0 but closing
+            else:
+                self.response_chunked = True
+                kept.append((b"Transfer-Encoding", b"chunked"))
+        self.close_after = close
+
+        parts = [status_line(status)]
+        for name, value in kept:
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"X-Request-Id: ", self.request_id, b"\r\n")
+        if tunnel:
+            parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade or self.upgrade or b"", b"\r\n")
+        elif close:
+            parts.append(b"Connection: close\r\n")
+        elif self.http10:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        self.response_started = True
+        session.write(b"".join(parts))
+        return no_body
+
+    def upstream_body(self, chunk: bytes) -> None:
+        self.bytes_out += len(chunk)
+        if self.response_chunked:
+            self.session.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            self.session.write(chunk)
+
+    def upstream_complete(self) -> None:
+        """The response ended cleanly (the connection was already pooled or closed)."""
+        self.upstream = None
+        if self.finished:
+            return
+        if self.response_chunked:
+            self.session.write(LAST_CHUNK)
+        self.response_complete = True
+        self.session.finish(self)
+
+    def upstream_failed(self, error: UpstreamError, retryable: bool) -> None:
+        """The upstream connection broke or timed out while serving this exchange."""
+        self.upstream = None
+        if self.finished:
+            return
+        if retryable and not self.retried and not self.body_sent and self.method in IDEMPOTENT:
+            # A reused keep-alive connection that the backend had closed: try once more, fresh.
+            self.retried = True
+            assert self.backend is not None
+            self._dial(self.backend)
+            return
+        if self.backend is not None:
+            self.backend.failures_total += 1
+        self._fail(error)
+
+    def upstream_pause_writing(self) -> None:
+        self.session.set_upstream_paused(True)
+
+    def upstream_resume_writing(self) -> None:
+        self.session.set_upstream_paused(False)
+
+    # == tunnels (Upgrade / 101) ================================================================
+
+    def tunnel_start(self, extra: bytes) -> None:
+        """The backend answered 101: relay raw bytes both ways from now on."""
+        self.tunnel_open = True
+        self.session.enter_tunnel(self)
+        if extra:
+            self.tunnel_from_upstream(extra)
+        pending = self.tunnel_buffer
+        self.tunnel_buffer = None
+        if pending and self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.writelines(pending)
+
+    def tunnel_from_client(self, data: bytes) -> None:
+        upstream = self.upstream
+        if self.tunnel_open and upstream is not None and upstream.transport is not None:
+            upstream.transport.write(data)
+            return
+        if self.tunnel_buffer is None:
+            self.tunnel_buffer = []
+        self.tunnel_buffer.append(data)
+        if sum(len(b) for b in self.tunnel_buffer) > BUFFER_HIGH_WATER:
+            self.session.set_buffer_full(True)
+
+    def tunnel_from_upstream(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.session.write(data)
+
+    def tunnel_closed(self, exc: Exception | None) -> None:
+        self.upstream = None
+        self.termination = "tunnel_closed"
+        if not self.finished:
+            self.session.finish(self)
+
+    # == endings ================================================================================
+
+    def respond_locally(self, status: int, message: str, *, close: bool = False) -> None:
+        """Answer with a short error page of lbproxy's own (now, or when this exchange's turn comes)."""
+        self.status = status
+        self.local_close = close or not self.keep_alive or self.session.closing
+        extra: tuple[tuple[bytes, bytes], ...] = ()
+        if status == 503:
+            extra = ((b"Retry-After", b"1"),)
+        self.local_response = error_response(
+            status, message, close=self.local_close, request_id=self.request_id or None, extra_headers=extra
+        )
+
+    def _write_local(self) -> None:
+        assert self.local_response is not None
+        self.response_started = True
+        self.close_after = self.local_close
+        self.session.write(self.local_response)
+        self.response_complete = True
+        self.session.finish(self)
+
+    def _fail(self, error: UpstreamError) -> None:
+        self.termination = error.kind
+        if self.response_started:
+            self.session.abort()  # too late for an error page: the client sees a cut response
+            if not self.finished:
+                self.session.finish(self)
+            return
+        # The request body may be half sent: close unless it was complete.
+        self.respond_locally(error.status, str(error), close=not self.request_complete)
+        self._write_local()
+
+    def cancel(self, reason: str) -> None:
+        """The client went away or the session is aborting: drop upstream work."""
+        self.termination = self.termination or reason
+        if self.dial is not None:
+            self.dial.cancel()
+            self.dial = None
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.detach()
+            upstream.dirty = True
+            upstream.abort()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Exchange {self.method.decode('latin-1')} {self.url[:60].decode('latin-1')!r} "
+            f"status={self.status} backend={self.backend.label if self.backend else None} "
+            f"finished={self.finished}>"
+        )
+

@@ -1,0 +1,81 @@
+"""Header rules for the HTTP proxy: pure functions over lists of ``(name, value)`` byte pairs.
+
+Hop-by-hop headers (RFC 9110 section 7.6.1) are removed in both directions: ``Connection`` and
+every name it lists, plus ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Transfer-Encoding``,
+``Upgrade`` (re-added only when tunnelling) and ``Trailer``. lbproxy re-frames bodies itself, so
+the client's framing is never forwarded verbatim. Headers lbproxy adds (``X-Forwarded-*``,
+``X-Request-Id``) are added after the ``Connection``-listed names are stripped, so a client can't
+use ``Connection:`` to remove them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"trailer",
+    }
+)
+
+# Headers lbproxy itself sets on the upstream request; the client's copies are replaced (or, from a
+# trusted proxy, extended) and can never be removed through Connection.
+FORWARDING: frozenset[bytes] = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"forwarded"}
+)
+
+_REQUEST_ID_OK = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_id_prefix = os.urandom(6).hex().encode("ascii")
+_id_counter = itertools.count(1)
+
+
+def connection_tokens(value: bytes) -> list[bytes]:
+    """The lowercased, stripped tokens of a ``Connection`` header value."""
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+def valid_request_id(value: bytes) -> bool:
+    """Whether a client-supplied ``X-Request-Id`` is safe to keep (printable token, <= 128)."""
+    return _REQUEST_ID_OK.match(value) is not None
+
+
+def new_request_id() -> bytes:
+    """A process-unique request id: a random per-process prefix and a counter (no syscalls)."""
+    return b"%s-%x" % (_id_prefix, next(_id_counter))
+
+
+def strip_cookie(value: bytes, name: bytes) -> bytes:
+    """``value`` (a Cookie header) without the cookie ``name``; b'' if nothing is left."""
+    kept = [
+        part.strip()
+        for part in value.split(b";")
+        if part.strip() and part.strip().split(b"=", 1)[0].strip() != name
+    ]
+    return b"; ".join(kept)
+
+
+def cookie_value(value: bytes, name: bytes) -> bytes | None:
+    """The value of cookie ``name`` in a ``Cookie`` header value, or None."""
+    for part in value.split(b";"):
+        key, sep, val = part.strip().partition(b"=")
+        if sep and key.strip() == name:
+            return val.strip()
+    return None
+
+
+def format_host_header(host: bytes) -> bytes:
+    """The host part of a Host header value (port and brackets removed), lowercased."""
+    host = host.strip().lower()
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        return host[1:end] if end > 0 else host
+    colon = host.rfind(b":")
+    return host[:colon] if colon >= 0 else host

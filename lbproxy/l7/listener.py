@@ -1,0 +1,104 @@
+"""HttpListener: an ``http`` listener's shared state (router, limits, upstream pools, counters)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from lbproxy.config.model import HttpLimits, ListenerConfig, PoolConfig
+from lbproxy.l7.router import Router
+from lbproxy.l7.session import HttpSession
+from lbproxy.l7.upstream import BackendConnections
+from lbproxy.net.listener import BaseListener, NetworkSet
+from lbproxy.stats import Histogram
+
+if TYPE_CHECKING:
+    from lbproxy.l7.exchange import Exchange
+    from lbproxy.pool.backend import Backend
+    from lbproxy.pool.pool import Pool
+
+
+class UpstreamRegistry:
+    """Idle-connection pools, one per backend, shared by every http listener of the daemon."""
+
+    __slots__ = ("pools",)
+
+    def __init__(self) -> None:
+        self.pools: dict[Backend, BackendConnections] = {}
+
+    def for_backend(self, backend: Backend, config: PoolConfig) -> BackendConnections:
+        conns = self.pools.get(backend)
+        if conns is None:
+            conns = BackendConnections(backend, config.max_idle_connections, config.idle_connection_timeout)
+            self.pools[backend] = conns
+        return conns
+
+    def forget(self, backend: Backend) -> None:
+        """The backend left its pool: close its idle connections."""
+        conns = self.pools.pop(backend, None)
+        if conns is not None:
+            conns.close_all()
+
+    def close_all(self) -> None:
+        for conns in self.pools.values():
+            conns.close_all()
+
+
+class HttpListener(BaseListener):
+    """A ``mode: http`` listener."""
+
+    def __init__(
+        self,
+        config: ListenerConfig,
+        pools: Mapping[str, Pool],
+        upstreams: UpstreamRegistry,
+        access_log: object | None = None,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(config, **kwargs)  # type: ignore[arg-type]
+        self.loop = asyncio.get_running_loop()
+        self.router = Router(config.routes, pools)
+        self.limits: HttpLimits = config.limits
+        self.upstreams = upstreams
+        self.trusted_proxies = NetworkSet(config.trusted_proxies)
+        self.access_log = access_log
+        # (route, pool, backend, status) -> count; read by the metrics collector.
+        self.request_counts: dict[tuple[str, str, str, int], int] = {}
+        self.durations: dict[str, Histogram] = {}
+        self.refused: dict[int, int] = {}
+
+    def protocol_factory(self) -> asyncio.Protocol:
+        return HttpSession(self)
+
+    def is_trusted(self, host: str) -> bool:
+        """Whether X-Forwarded-* from ``host`` are kept (``trusted_proxies``)."""
+        return bool(self.trusted_proxies) and self.trusted_proxies.contains(host)
+
+    def update_routes(self, config: ListenerConfig, pools: Mapping[str, Pool]) -> None:
+        """Swap in new routes (reload); exchanges already routed keep their pool."""
+        self.router = Router(config.routes, pools)
+        self.limits = config.limits
+        self.trusted_proxies = NetworkSet(config.trusted_proxies)
+        self.config = config
+
+    def record(self, exchange: Exchange) -> None:
+        """Count one finished exchange (and log it when access logging is on)."""
+        route = exchange.route
+        backend = exchange.backend
+        if route is not None:
+            pool_name = route.pool.name
+            key = (route.name, pool_name, backend.label if backend is not None else "", exchange.status)
+            self.request_counts[key] = self.request_counts.get(key, 0) + 1
+            histogram = self.durations.get(pool_name)
+            if histogram is None:
+                histogram = self.durations[pool_name] = Histogram()
+            histogram.observe(self.loop.time() - exchange.started)
+        elif exchange.status:
+            key = ("", "", "", exchange.status)
+            self.request_counts[key] = self.request_counts.get(key, 0) + 1
+        if self.access_log is not None:
+            self.access_log.log_exchange(self, exchange)  # type: ignore[attr-defined]
+
+    def count_refused(self, status: int) -> None:
+        self.refused[status] = self.refused.get(status, 0) + 1

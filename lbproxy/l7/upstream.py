@@ -1,0 +1,337 @@
+"""Upstream HTTP/1.1 connections and the per-backend pool of idle keep-alive connections.
+
+How this works:
+- ``UpstreamConnection`` is an asyncio Protocol speaking to one backend. It serves one exchange at
+  a time (no upstream pipelining): the exchange writes the request, the connection parses the
+  response with httptools and calls the exchange back.
+- Completion is recorded inside the parser callbacks but acted on after ``feed_data`` returns, so
+  the parser is never replaced or reused while it runs. Any byte after a complete response (a
+  backend that pipelines or mis-frames) marks the connection dirty: it is closed, never reused.
+- ``BackendConnections`` keeps at most ``max_idle`` idle connections per backend, LIFO (the warmest
+  first), closed after ``idle_timeout``. Pool bookkeeping is synchronous; closes happen afterwards.
+- One timer per connection enforces the backend's inactivity bound (response_timeout) while an
+  exchange waits on it, re-armed lazily from ``last_activity``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import httptools
+
+from lbproxy.errors import BadResponse, ResponseTimeout, UpstreamReset
+
+if TYPE_CHECKING:
+    from lbproxy.l7.exchange import Exchange
+    from lbproxy.pool.backend import Backend
+
+log = logging.getLogger("lbproxy.l7.upstream")
+
+
+class BackendConnections:
+    """Idle keep-alive connections to one backend."""
+
+    __slots__ = ("backend", "idle", "max_idle", "idle_timeout", "loop", "_sweeper", "opened_total", "reused_total")
+
+    def __init__(self, backend: Backend, max_idle: int, idle_timeout: float) -> None:
+        self.backend = backend
+        self.idle: list[UpstreamConnection] = []
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.loop = asyncio.get_running_loop()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.opened_total = 0
+        self.reused_total = 0
+
+    def take(self) -> UpstreamConnection | None:
+        """The most recently used idle connection that is still open, or None."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.usable():
+                self.reused_total += 1
+                return conn
+            conn.close()
+        return None
+
+    def put(self, conn: UpstreamConnection) -> None:
+        """Keep ``conn`` for reuse, or close it if the pool is full."""
+        if len(self.idle) >= self.max_idle or not conn.usable():
+            conn.close()
+            return
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_at(conn.idle_since + self.idle_timeout, self._sweep)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        """Forget an idle connection that closed on its own."""
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close_all(self) -> None:
+        """Close every idle connection (pool removed or shutting down)."""
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = self.loop.time()
+        cutoff = now - self.idle_timeout
+        idle = self.idle
+        expired = 0
+        while expired < len(idle) and idle[expired].idle_since <= cutoff:
+            expired += 1
+        if expired:
+            old, self.idle = idle[:expired], idle[expired:]
+            for conn in old:
+                conn.close()
+        if self.idle:
+            self._sweeper = self.loop.call_at(self.idle[0].idle_since + self.idle_timeout, self._sweep)
+
+    def __repr__(self) -> str:
+        return f"<BackendConnections {self.backend.label} idle={len(self.idle)}>"
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One HTTP/1.1 connection to a backend."""
+
+    __slots__ = (
+        "owner",
+        "loop",
+        "transport",
+        "parser",
+        "exchange",
+        "uses",
+        "idle_since",
+        "received",
+        "complete",
+        "dirty",
+        "interim",
+        "tunnel",
+        "status",
+        "headers",
+        "last_activity",
+        "timer",
+        "timeout",
+        "closed",
+    )
+
+    def __init__(self, owner: BackendConnections) -> None:
+        self.owner = owner
+        self.loop = owner.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.uses = 0
+        self.idle_since = 0.0
+        self.received = False  # any byte of the current response seen
+        self.complete = False  # current response finished (acted on after feed_data)
+        self.dirty = False
+        self.interim = False
+        self.tunnel = False
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.last_activity = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.timeout = 0.0
+        self.closed = False
+
+    # -- pool predicates -----------------------------------------------------------------------
+
+    def usable(self) -> bool:
+        """Open, clean and idle: may carry a new request."""
+        t = self.transport
+        return not self.closed and not self.dirty and t is not None and not t.is_closing()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- used by Exchange ----------------------------------------------------------------------
+
+    def attach(self, exchange: Exchange, timeout: float) -> None:
+        """Start serving ``exchange``; the caller writes the request next."""
+        self.exchange = exchange
+        self.uses += 1
+        self.received = False
+        self.complete = False
+        self.interim = False
+        self.timeout = timeout
+        self.last_activity = self.loop.time()
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.last_activity + timeout, self._on_timer)
+
+    def detach(self) -> None:
+        """Stop serving the current exchange (it ended); the caller then pools or closes us."""
+        self.exchange = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def start_tunnel(self) -> None:
+        """Switch to raw byte relaying after a 101 response."""
+        self.tunnel = True
+        self.dirty = True  # never pooled again
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.owner.opened_total += 1
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            # Bytes from an idle backend: unsolicited; never reuse this connection.
+            self.dirty = True
+            self.close()
+            return
+        self.last_activity = self.loop.time()
+        if self.tunnel:
+            exchange.tunnel_from_upstream(data)
+            return
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            if self.status == 101 and self.exchange is not None and self.exchange.upgrade is not None:
+                self.start_tunnel()
+                self.exchange.tunnel_start(data[offset:])
+            else:
+                self._fail(BadResponse("unexpected upgrade from backend"))
+            return
+        except httptools.HttpParserCallbackError as exc:
+            log.exception("internal error handling upstream response", exc_info=exc.__context__)
+            self._fail(BadResponse("internal error"))
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(BadResponse(f"malformed response from backend: {exc}"))
+            return
+        if self.complete:
+            self._finish()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; connection_lost decides what the EOF meant
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        exchange = self.exchange
+        if exchange is None:
+            self.owner.discard(self)
+            return
+        self.exchange = None
+        if self.tunnel:
+            exchange.tunnel_closed(exc)
+        elif exchange.response_close_delimited and self.status and not self.interim and exc is None:
+            exchange.upstream_complete()
+        else:
+            reused = self.uses > 1
+            exchange.upstream_failed(
+                UpstreamReset("backend closed the connection" if exc is None else f"backend connection error: {exc}"),
+                retryable=reused and not self.received,
+            )
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_resume_writing()
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.dirty = True  # a second response where none was asked for
+        self.headers = []
+        self.status = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        exchange = self.exchange
+        status = self.parser.get_status_code()
+        self.status = status
+        if exchange is None or self.complete:
+            return
+        if 100 <= status < 200 and status != 101:
+            self.interim = True
+            exchange.upstream_interim(status, self.headers)
+            return
+        keep_alive = self.parser.should_keep_alive()
+        if not keep_alive:
+            self.dirty = True
+        if exchange.upstream_head(status, self.headers):
+            # A response without a body although its headers may announce one (HEAD): done now.
+            # The parser would wait for body bytes, so this connection gets a fresh parser.
+            self.complete = True
+            self.parser = httptools.HttpResponseParser(self)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None or self.complete:
+            self.dirty = True
+            return
+        exchange.upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        self.complete = True
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        exchange = self.exchange
+        self.detach()
+        assert exchange is not None
+        if self.dirty or not exchange.request_complete:
+            self.close()
+        else:
+            self.owner.put(self)
+        exchange.upstream_complete()
+
+    def _fail(self, error: Exception) -> None:
+        exchange = self.exchange
+        self.detach()
+        self.dirty = True
+        self.abort()
+        if exchange is not None:
+            exchange.upstream_failed(error, retryable=False)  # type: ignore[arg-type]
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.exchange is None or self.tunnel:
+            return
+        deadline = self.last_activity + self.timeout
+        if self.loop.time() < deadline:
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+            return
+        self._fail(ResponseTimeout(f"backend {self.owner.backend.label} sent nothing for {self.timeout:g}s"))
+
+    def __repr__(self) -> str:
+        state = "tunnel" if self.tunnel else ("busy" if self.exchange else "idle")
+        return f"<UpstreamConnection {self.owner.backend.label} {state} uses={self.uses} dirty={self.dirty}>"

@@ -1,0 +1,87 @@
+"""Dialing a backend: one TCP connect with a bound, reported through a callback.
+
+``loop.create_connection`` is a coroutine, so each new upstream connection costs one task; that
+is per connection, never per request or per chunk (L7 reuses pooled connections). The callback
+style keeps the data paths free of awaits. Errors are translated here, once, into the project's
+exception tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import Callable
+from typing import TypeVar
+
+from lbproxy.errors import ConnectRefused, ConnectTimeout, UpstreamError
+
+P = TypeVar("P", bound=asyncio.Protocol)
+
+
+class Dial:
+    """One connect attempt in progress. ``cancel()`` abandons it (a late success is closed)."""
+
+    __slots__ = ("_task", "_timer", "_callback", "_done", "started", "target")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        factory: Callable[[], P],
+        timeout: float,
+        callback: Callable[[P | None, UpstreamError | None], None],
+    ) -> None:
+        self._callback = callback
+        self._done = False
+        self.started = loop.time()
+        self.target = f"{host}:{port}"
+        self._task = loop.create_task(loop.create_connection(factory, host, port))
+        self._task.add_done_callback(self._on_task_done)
+        self._timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._on_timeout)
+
+    def cancel(self) -> None:
+        """Abandon the attempt; the callback will not be called."""
+        if self._done:
+            return
+        self._done = True
+        self._clear_timer()
+        self._task.cancel()
+
+    def _clear_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self._done:
+            return
+        self._done = True
+        self._task.cancel()
+        self._callback(None, ConnectTimeout(f"connect to {self.target} timed out"))
+
+    def _on_task_done(self, task: asyncio.Task[tuple[asyncio.BaseTransport, P]]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if self._done:
+            # Abandoned or timed out, but the connect won the race: don't leak the socket.
+            if exc is None:
+                task.result()[0].close()
+            return
+        self._done = True
+        self._clear_timer()
+        if exc is not None:
+            self._callback(None, translate_connect_error(exc, self.target))
+        else:
+            self._callback(task.result()[1], None)
+
+
+def translate_connect_error(exc: BaseException, target: str) -> UpstreamError:
+    """Map an OSError from connect() onto ConnectRefused / ConnectTimeout."""
+    if isinstance(exc, TimeoutError) or getattr(exc, "errno", None) == errno.ETIMEDOUT:
+        return ConnectTimeout(f"connect to {target} timed out")
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectRefused(f"connect to {target} refused")
+    return ConnectRefused(f"connect to {target} failed: {exc}")

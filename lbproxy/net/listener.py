@@ -1,0 +1,161 @@
+"""The part every listener shares: its socket, its live connections, draining, and counters.
+
+A listener owns its listening socket and stops independently of the others (aiohttp's lesson).
+Connections register themselves on ``connection_made`` and unregister on ``connection_lost``, so
+shutdown and reload can ask each live connection to finish and wait, with a bound, until none is
+left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable
+from typing import Protocol
+
+from lbproxy.config.model import Address, ListenerConfig
+from lbproxy.net.bind import bind_socket, bound_address
+
+log = logging.getLogger("lbproxy.listener")
+
+
+class Drainable(Protocol):
+    """A live connection as the listener sees it."""
+
+    def begin_shutdown(self) -> None:
+        """Finish the work in flight, take no new work, then close."""
+
+    def abort(self) -> None:
+        """Close now (drain timeout expired)."""
+
+
+class ListenerStats:
+    """Plain counters read by the metrics collector at scrape time (no cost per increment)."""
+
+    __slots__ = ("connections_total", "rejected_total", "bytes_in", "bytes_out")
+
+    def __init__(self) -> None:
+        self.connections_total = 0
+        self.rejected_total = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+
+class NetworkSet:
+    """A set of CIDR networks with a fast ``contains(host)`` check."""
+
+    __slots__ = ("networks", "_cache")
+
+    def __init__(self, cidrs: tuple[str, ...]) -> None:
+        self.networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self._cache: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def contains(self, host: str) -> bool:
+        """True when ``host`` (an IP literal) is in one of the networks; False for non-IPs."""
+        hit = self._cache.get(host)
+        if hit is None:
+            try:
+                ip = ipaddress.ip_address(host)
+            except ValueError:
+                hit = False
+            else:
+                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                    ip = ip.ipv4_mapped
+                hit = any(ip in net for net in self.networks)
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[host] = hit
+        return hit
+
+
+class BaseListener:
+    """A bound socket plus its live connections. Subclasses supply ``protocol_factory``."""
+
+    def __init__(self, config: ListenerConfig, *, sock: socket.socket | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.stats = ListenerStats()
+        self.connections: set[Drainable] = set()
+        self.accepting = True
+        self.proxy_protocol_from = NetworkSet(config.proxy_protocol_from)
+        self._sock = sock
+        self._server: asyncio.AbstractServer | None = None
+        self._idle_waiter: asyncio.Future[None] | None = None
+
+    def protocol_factory(self) -> asyncio.Protocol:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def address(self) -> Address:
+        """The bound address (with the real port when the config said port 0)."""
+        assert self._sock is not None, "listener not started"
+        return bound_address(self._sock)
+
+    async def start(self) -> None:
+        """Bind (unless given a socket) and start accepting. Raises OSError if binding fails."""
+        loop = asyncio.get_running_loop()
+        if self._sock is None:
+            self._sock = bind_socket(self.config.bind, backlog=self.config.backlog)
+        self._server = await loop.create_server(self.protocol_factory, sock=self._sock, backlog=self.config.backlog)
+        log.info("listener %s (%s) on %s", self.name, self.config.mode, self.address)
+
+    def admit(self, conn: Drainable) -> bool:
+        """Register a new connection; False (and counted) when over ``max_connections`` or stopping."""
+        if not self.accepting or len(self.connections) >= self.config.max_connections:
+            self.stats.rejected_total += 1
+            return False
+        self.connections.add(conn)
+        self.stats.connections_total += 1
+        return True
+
+    def forget(self, conn: Drainable) -> None:
+        """Unregister a connection (idempotent); wakes ``wait_idle`` when the last one goes."""
+        self.connections.discard(conn)
+        if not self.connections and self._idle_waiter is not None and not self._idle_waiter.done():
+            self._idle_waiter.set_result(None)
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; live connections go on."""
+        self.accepting = False
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def drain(self, timeout: float) -> int:
+        """Ask every live connection to finish, wait up to ``timeout`` s, abort the rest.
+
+        Returns how many connections had to be aborted.
+        """
+        self.stop_accepting()
+        for conn in list(self.connections):
+            conn.begin_shutdown()
+        if self.connections:
+            self._idle_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._idle_waiter), timeout)
+            except TimeoutError:
+                pass
+        leftover = list(self.connections)
+        for conn in leftover:
+            conn.abort()
+        if leftover:
+            log.warning("listener %s: aborted %d connections at drain timeout", self.name, len(leftover))
+        return len(leftover)
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """Disable Nagle on a TCP transport (small writes go out at once)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+Factory = Callable[[], asyncio.Protocol]

@@ -1,0 +1,134 @@
+"""Daemon: builds pools and listeners from a Config, runs them, and shuts them down gracefully.
+
+Lifecycle: ``start()`` binds everything (raising OSError if a bind fails, after closing what it
+had opened); ``run_until_stopped()`` waits for ``request_stop()`` (signal handlers call it) and
+then ``shutdown()``: /readyz fails at once, listeners keep accepting for ``shutdown_delay``, then
+stop accepting, in-flight work gets ``drain_timeout`` to finish, and the rest is aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+from lbproxy import __version__
+from lbproxy.admin.server import AdminServer, listener_status
+from lbproxy.config.model import Config
+from lbproxy.l4.splicer import TcpListener
+from lbproxy.l7.listener import HttpListener, UpstreamRegistry
+from lbproxy.net.listener import BaseListener
+from lbproxy.pool.pool import Pool
+
+log = logging.getLogger("lbproxy.daemon")
+
+
+class Daemon:
+    """One running lbproxy: its pools, listeners and admin server."""
+
+    def __init__(self, config: Config, *, sockets: dict[str, socket.socket] | None = None) -> None:
+        self.config = config
+        self.pools: dict[str, Pool] = {}
+        self.listeners: dict[str, BaseListener] = {}
+        self.upstreams = UpstreamRegistry()
+        self.admin: AdminServer | None = None
+        self.ready = False
+        self.started_at = time.time()
+        self._sockets = sockets or {}
+        self._stop: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        """Build and bind everything. Raises OSError if an address can't be bound."""
+        self._stop = asyncio.Event()
+        config = self.config
+        self.pools = {name: Pool(pool_config) for name, pool_config in config.pools.items()}
+        try:
+            for listener_config in config.listeners:
+                sock = self._sockets.get(listener_config.name)
+                listener: BaseListener
+                if listener_config.mode == "tcp":
+                    assert listener_config.pool is not None
+                    listener = TcpListener(listener_config, self.pools[listener_config.pool], sock=sock)
+                else:
+                    listener = HttpListener(listener_config, self.pools, self.upstreams, sock=sock)
+                self.listeners[listener_config.name] = listener
+                await listener.start()
+            if config.admin is not None:
+                self.admin = AdminServer(self, config.admin, sock=self._sockets.get("admin"))
+                await self.admin.start()
+        except BaseException:
+            await self._close_now()
+            raise
+        self.ready = True
+        log.info(
+            "lbproxy %s running: %d listeners, %d pools", __version__, len(self.listeners), len(self.pools)
+        )
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (safe to call from a signal handler, more than once)."""
+        if self._stop is not None and not self._stop.is_set():
+            log.info("shutdown requested")
+            self._stop.set()
+
+    async def run_until_stopped(self) -> None:
+        assert self._stop is not None, "start() first"
+        await self._stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> int:
+        """Drain and stop. Returns how many connections had to be aborted at the drain timeout."""
+        self.ready = False
+        if self.config.shutdown_delay > 0:
+            log.info("shutdown: still accepting for %.1fs (shutdown_delay)", self.config.shutdown_delay)
+            await asyncio.sleep(self.config.shutdown_delay)
+        for listener in self.listeners.values():
+            listener.stop_accepting()
+        timeout = self.config.drain_timeout
+        log.info("shutdown: draining connections for up to %.1fs", timeout)
+        results = await asyncio.gather(*(listener.drain(timeout) for listener in self.listeners.values()))
+        self.upstreams.close_all()
+        if self.admin is not None:
+            await self.admin.close()
+        aborted = sum(results)
+        log.info("shutdown complete (%d connections aborted)", aborted)
+        return aborted
+
+    async def _close_now(self) -> None:
+        for listener in self.listeners.values():
+            listener.stop_accepting()
+        if self.admin is not None:
+            await self.admin.close()
+
+    def listener_address(self, name: str) -> tuple[str, int]:
+        """``(host, port)`` a listener is bound to; handy with port 0."""
+        address = self.listeners[name].address
+        return address.host, address.port
+
+    def status(self) -> dict[str, object]:
+        """The JSON document served at /status."""
+        return {
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "ready": self.ready,
+            "listeners": [listener_status(listener) for listener in self.listeners.values()],
+            "pools": [
+                {
+                    "name": pool.name,
+                    "strategy": pool.config.strategy,
+                    "no_backend_total": pool.no_backend_total,
+                    "backends": [
+                        {
+                            "address": backend.label,
+                            "state": backend.state.value,
+                            "weight": backend.weight,
+                            "active": backend.active,
+                            "connections_total": backend.connections_total,
+                            "failures_total": backend.failures_total,
+                        }
+                        for backend in pool.backends
+                    ],
+                }
+                for pool in self.pools.values()
+            ],
+        }
