@@ -1,0 +1,111 @@
+"""Shared fixtures: the daemon on port 0, real backend servers, and small real clients.
+
+Every fixture is a factory that cleans up what it made; every await in a test is bounded.
+Tests run on uvloop, like the daemon in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from lbproxy.config.loader import load_config_text
+from lbproxy.demo.backends import server_port, start_http_backend, start_tcp_backend
+from lbproxy.runtime.daemon import Daemon
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    return {"uvloop": uvloop.new_event_loop}
+
+
+DaemonFactory = Callable[[str], Awaitable[Daemon]]
+
+
+@pytest.fixture
+async def make_daemon() -> AsyncIterator[DaemonFactory]:
+    """``await make_daemon(yaml_text)``: a started Daemon; shut down at the end of the test."""
+    daemons: list[Daemon] = []
+
+    async def factory(text: str) -> Daemon:
+        config = load_config_text(textwrap.dedent(text), "<test>")
+        daemon = Daemon(config)
+        await daemon.start()
+        daemons.append(daemon)
+        return daemon
+
+    yield factory
+    for daemon in daemons:
+        async with asyncio.timeout(15):
+            await daemon.shutdown()
+
+
+@pytest.fixture
+async def http_backends() -> AsyncIterator[Callable[..., Awaitable[list[int]]]]:
+    """``await http_backends(n)``: ports of n echo HTTP backends named b1..bn."""
+    servers: list[asyncio.AbstractServer] = []
+
+    async def factory(count: int, prefix: str = "b") -> list[int]:
+        ports = []
+        for i in range(1, count + 1):
+            server = await start_http_backend(f"{prefix}{i}")
+            servers.append(server)
+            ports.append(server_port(server))
+        return ports
+
+    yield factory
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+async def tcp_backends() -> AsyncIterator[Callable[..., Awaitable[list[int]]]]:
+    """``await tcp_backends(n)``: ports of n TCP echo backends (greeting 'hello from tN')."""
+    servers: list[asyncio.AbstractServer] = []
+
+    async def factory(count: int, greet: bool = True) -> list[int]:
+        ports = []
+        for i in range(1, count + 1):
+            server = await start_tcp_backend(f"t{i}", greet=greet)
+            servers.append(server)
+            ports.append(server_port(server))
+        return ports
+
+    yield factory
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[Callable[..., Awaitable[asyncio.AbstractServer]]]:
+    """``await servers(protocol_factory)``: any custom server on 127.0.0.1:0, closed at the end."""
+    made: list[asyncio.AbstractServer] = []
+
+    async def factory(protocol_factory: Callable[[], asyncio.Protocol], host: str = "127.0.0.1") -> asyncio.AbstractServer:
+        server = await asyncio.get_running_loop().create_server(protocol_factory, host, 0)
+        made.append(server)
+        return server
+
+    yield factory
+    for server in made:
+        server.close()
+
+
+def unused_port() -> int:
+    """A loopback port with nothing listening (bound then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
