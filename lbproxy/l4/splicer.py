@@ -302,11 +302,13 @@ class TcpSession(asyncio.Protocol):
             return
         if upstream is None:
             assert self.backend is not None and error is not None
-            self.backend.failures_total += 1
+            self.backend.note_failure()
             self._release_backend()
             self._dial_next(error)
             return
         assert isinstance(upstream, TcpUpstream) and upstream.transport is not None
+        assert self.backend is not None
+        self.backend.note_success()
         self.upstream = upstream
         transport = upstream.transport
         version = self._proxy_protocol_version()

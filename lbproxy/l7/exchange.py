@@ -371,7 +371,7 @@ class Exchange:
             return
         if conn is None:
             assert error is not None and self.backend is not None
-            self.backend.failures_total += 1
+            self.backend.note_failure()
             self.backend.release()
             self.backend = None
             self.last_error = error
@@ -425,6 +425,8 @@ class Exchange:
     def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
         """The final response head arrived. Returns True when the response has no body."""
         self.status = status
+        if self.backend is not None:
+            self.backend.note_status(status)
         if self.finished:
             return True
         no_body = status < 200 or status in (204, 304) or self.method == b"HEAD"
@@ -512,7 +514,7 @@ class Exchange:
             self._dial(self.backend)
             return
         if self.backend is not None:
-            self.backend.failures_total += 1
+            self.backend.note_failure()
         self._fail(error)
 
     def upstream_pause_writing(self) -> None:

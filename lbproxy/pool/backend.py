@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import enum
 import logging
+from typing import Protocol
 
 from lbproxy.config.model import BackendConfig
 
 log = logging.getLogger("lbproxy.pool")
+
+
+class OutcomeObserver(Protocol):
+    """Told about failures as they happen (passive health checking)."""
+
+    def on_failure(self, backend: Backend) -> None: ...
+
+    def on_5xx(self, backend: Backend) -> None: ...
 
 
 class BackendState(enum.Enum):
@@ -40,6 +49,9 @@ class Backend:
         "active",
         "connections_total",
         "failures_total",
+        "consecutive_failures",
+        "consecutive_5xx",
+        "observer",
     )
 
     def __init__(self, config: BackendConfig, pool_name: str) -> None:
@@ -56,6 +68,10 @@ class Backend:
         self.active = 0
         self.connections_total = 0
         self.failures_total = 0
+        self.consecutive_failures = 0
+        self.consecutive_5xx = 0
+        # Passive health (outlier detection) watches these outcomes; None when not configured.
+        self.observer: OutcomeObserver | None = None
 
     @property
     def available(self) -> bool:
@@ -73,6 +89,27 @@ class Backend:
     def release(self) -> None:
         """Count one connection or request finished; call exactly once per ``acquire``."""
         self.active -= 1
+
+    def note_failure(self) -> None:
+        """A connect failure, reset or timeout on this backend (L4 or L7)."""
+        self.failures_total += 1
+        self.consecutive_failures += 1
+        if self.observer is not None:
+            self.observer.on_failure(self)
+
+    def note_success(self) -> None:
+        """A connection (L4) or response (L7) succeeded: clears the consecutive-failure count."""
+        self.consecutive_failures = 0
+
+    def note_status(self, status: int) -> None:
+        """An L7 response status from this backend (5xx counts toward outlier ejection)."""
+        self.consecutive_failures = 0
+        if status >= 500:
+            self.consecutive_5xx += 1
+            if self.observer is not None:
+                self.observer.on_5xx(self)
+        else:
+            self.consecutive_5xx = 0
 
     def set_state(self, state: BackendState, reason: str) -> bool:
         """Move to ``state``; logs the transition once at INFO. Returns whether it changed."""
