@@ -18,6 +18,7 @@ import uvloop
 from lbproxy.config.loader import load_config_text
 from lbproxy.demo.backends import server_port, start_http_backend, start_tcp_backend
 from lbproxy.runtime.daemon import Daemon
+from tests.restartable import RestartableBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,15 +88,46 @@ async def tcp_backends() -> AsyncIterator[Callable[..., Awaitable[list[int]]]]:
 async def servers() -> AsyncIterator[Callable[..., Awaitable[asyncio.AbstractServer]]]:
     """``await servers(protocol_factory)``: any custom server on 127.0.0.1:0, closed at the end."""
     made: list[asyncio.AbstractServer] = []
+    protocols: list[asyncio.Protocol] = []
+
+    def tracking(protocol_factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        def make() -> asyncio.Protocol:
+            protocol = protocol_factory()
+            protocols.append(protocol)
+            return protocol
+
+        return make
 
     async def factory(protocol_factory: Callable[[], asyncio.Protocol], host: str = "127.0.0.1") -> asyncio.AbstractServer:
-        server = await asyncio.get_running_loop().create_server(protocol_factory, host, 0)
+        server = await asyncio.get_running_loop().create_server(tracking(protocol_factory), host, 0)
         made.append(server)
         return server
 
     yield factory
     for server in made:
         server.close()
+    for protocol in protocols:
+        transport = getattr(protocol, "transport", None)
+        if transport is not None:
+            transport.abort()
+    await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def restartable() -> AsyncIterator[Callable[[int], Awaitable[list[RestartableBackend]]]]:
+    """``await restartable(n)``: n started RestartableBackends (b1..bn), stopped at the end."""
+    made: list[RestartableBackend] = []
+
+    async def factory(count: int) -> list[RestartableBackend]:
+        backends = [RestartableBackend(f"b{i}") for i in range(1, count + 1)]
+        for backend in backends:
+            await backend.start()
+        made.extend(backends)
+        return backends
+
+    yield factory
+    for backend in made:
+        await backend.stop()
 
 
 def unused_port() -> int:

@@ -95,7 +95,7 @@ def test_round_robin_reads_weights_at_pick_time() -> None:
 def test_round_robin_skips_unavailable_excluded_and_full() -> None:
     bs = make_backends((1, 1, 1, 1), max_connections=2)
     rr = RoundRobin(bs)
-    bs[0].state = BackendState.UNHEALTHY
+    bs[0].force_state(BackendState.UNHEALTHY)
     bs[1].active = 2  # at max_connections
     seq = [rr.pick(None, exclude=(bs[3],)) for _ in range(5)]
     assert seq == [bs[2]] * 5
@@ -106,9 +106,9 @@ def test_round_robin_skips_unavailable_excluded_and_full() -> None:
 def test_round_robin_none_when_nothing_available() -> None:
     bs = make_backends((1, 2))
     rr = RoundRobin(bs)
-    bs[0].state = BackendState.DRAINING
+    bs[0].force_state(BackendState.DRAINING)
     assert rr.pick(None, exclude=[bs[1]]) is None
-    bs[1].state = BackendState.DISABLED
+    bs[1].force_state(BackendState.DISABLED)
     assert rr.pick(None) is None
     assert RoundRobin([]).pick(None) is None
 
@@ -169,9 +169,9 @@ def test_least_connections_weighted_ties_and_skips() -> None:
     a, b, c = make_backends((1, 2, 1))
     lc = LeastConnections([a, b, c])
     assert Counter(picks(lc, 400)) == {a: 100, b: 200, c: 100}
-    c.state = BackendState.EJECTED
+    c.force_state(BackendState.EJECTED)
     assert lc.pick(None, exclude={a}) is b
-    b.state = BackendState.UNHEALTHY
+    b.force_state(BackendState.UNHEALTHY)
     assert lc.pick(None, exclude={a}) is None
     assert lc.pick(None) is a
 
@@ -242,7 +242,7 @@ def test_ip_hash_unavailable_backend_keys_move_and_come_back() -> None:
     ih = IpHash(bs)
     before = mapping(ih)
     down = bs[1]
-    down.set_state(BackendState.UNHEALTHY, "test")
+    down.force_state(BackendState.UNHEALTHY)
     during = mapping(ih)
     for k in KEYS:
         if before[k] is down:
@@ -251,7 +251,7 @@ def test_ip_hash_unavailable_backend_keys_move_and_come_back() -> None:
             assert during[k] is before[k]
     # The orphaned keys spread over the others rather than all landing on one neighbour.
     assert len({during[k] for k in KEYS if before[k] is down}) >= 3
-    down.set_state(BackendState.HEALTHY, "test")
+    down.force_state(BackendState.HEALTHY)
     assert mapping(ih) == before
 
 
@@ -269,7 +269,7 @@ def test_ip_hash_exclude_and_full_backends_are_skipped() -> None:
     owner.active = 1  # full: same effect as excluding it
     assert ih.pick(key) is second
     for b in bs:
-        b.state = BackendState.DISABLED
+        b.force_state(BackendState.DISABLED)
     assert ih.pick(key) is None
 
 
@@ -337,7 +337,7 @@ def test_random_two_choices_spreads_when_idle() -> None:
 def test_random_two_choices_availability_and_exclude() -> None:
     bs = make_backends((1, 1, 1))
     rt = RandomTwoChoices(bs)
-    bs[0].state = BackendState.UNHEALTHY
+    bs[0].force_state(BackendState.UNHEALTHY)
     assert set(rt.pick(None, exclude=[bs[1]]) for _ in range(20)) == {bs[2]}
     assert rt.pick(None, exclude=bs[1:]) is None
     assert RandomTwoChoices([]).pick(None) is None
@@ -352,7 +352,7 @@ def test_cookie_affinity_strategy_is_weighted_round_robin() -> None:
     a, b = make_backends((1, 2))
     ca = CookieAffinity([a, b])
     assert picks(ca, 6, key="ignored") == [b, a, b, b, a, b]
-    b.state = BackendState.UNHEALTHY
+    b.force_state(BackendState.UNHEALTHY)
     assert ca.pick(None) is a
     assert ca.pick(None, exclude=[a]) is None
 
@@ -494,7 +494,7 @@ def test_registry_user_strategy(user_module: str) -> None:
     bs = make_backends((1, 1))
     strategy = create_strategy(f"{user_module}:FirstAvailable", bs)
     assert isinstance(strategy, Strategy)
-    bs[0].state = BackendState.DRAINING
+    bs[0].force_state(BackendState.DRAINING)
     assert strategy.pick(None) is bs[1]
     assert resolve_strategy_class(f"{user_module}:Outer.Inner") is cls
 

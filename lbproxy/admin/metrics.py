@@ -104,6 +104,30 @@ class DaemonCollector:
                 failures.add_metric(labels, backend.failures_total)
         yield from (up, state, active, weight, failures, no_backend)
 
+        checks = CounterMetricFamily(
+            "lbproxy_health_checks", "Active health checks by result", labels=["pool", "backend", "result"]
+        )
+        transitions = CounterMetricFamily(
+            "lbproxy_backend_transitions", "Backend state changes, by the state entered", labels=["pool", "backend", "to"]
+        )
+        ejections = CounterMetricFamily(
+            "lbproxy_backend_ejections", "Passive (outlier) ejections", labels=["pool", "backend"]
+        )
+        for pool in daemon.pools.values():
+            health = daemon.health.pools.get(pool.name)
+            for backend in pool.backends:
+                labels = [pool.name, backend.label]
+                for to, count in backend.transitions.items():
+                    transitions.add_metric([*labels, to], count)
+                record = health.records.get(backend) if health is not None else None
+                if record is None:
+                    continue
+                if pool.config.health_check is not None:
+                    checks.add_metric([*labels, "passed"], record.checks_passed)
+                    checks.add_metric([*labels, "failed"], record.checks_failed)
+                ejections.add_metric(labels, record.ejections_total)
+        yield from (checks, transitions, ejections)
+
 
 def make_registry(daemon: Daemon) -> CollectorRegistry:
     """A registry holding only this daemon's metrics (tests run several daemons per process)."""

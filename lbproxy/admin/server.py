@@ -1,4 +1,9 @@
-"""The admin listener: /healthz, /readyz, /status, /metrics.
+"""The admin listener: /healthz, /readyz, /status, /metrics, and backend actions.
+
+Backend actions (POST only; with ``admin.token`` set, ``Authorization: Bearer TOKEN`` required):
+``/pools/POOL/backends/ADDRESS/drain`` (no new work, in-flight work finishes), ``/disable``
+(out of rotation), ``/enable`` (back in rotation), ``/weight?weight=N`` (or a JSON body
+``{"weight": N}``). ADDRESS is the backend as configured, e.g. ``127.0.0.1:8001``.
 
 Not on the data path, so it uses asyncio streams and answers one request per connection
 (``Connection: close``). Requests are bounded: 8 KiB of head, 5 s to send it.
@@ -7,8 +12,12 @@ Not on the data path, so it uses asyncio streams and answers one request per con
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import re
+import urllib.parse
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lbproxy import __version__
@@ -26,7 +35,36 @@ if TYPE_CHECKING:
 log = logging.getLogger("lbproxy.admin")
 
 MAX_HEAD = 8192
+MAX_BODY = 4096
 HEAD_TIMEOUT = 5.0
+BACKEND_ACTION = re.compile(r"/pools/(?P<pool>[^/]+)/backends/(?P<backend>[^/]+)/(?P<action>drain|disable|enable|weight)")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminRequest:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+
+def _weight_from(request: AdminRequest) -> int | None:
+    """The weight asked for in ``?weight=N`` or a JSON body ``{"weight": N}``; None if invalid."""
+    raw: object = request.query.get("weight", [None])[0]
+    if raw is None and request.body:
+        try:
+            doc = json.loads(request.body)
+        except ValueError:
+            return None
+        raw = doc.get("weight") if isinstance(doc, dict) else None
+    if isinstance(raw, bool):
+        return None
+    try:
+        weight = int(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return weight if 1 <= weight <= 1000 else None
 
 
 class AdminServer:
@@ -66,21 +104,35 @@ class AdminServer:
             if len(head) > MAX_HEAD:
                 await self._send(writer, 431, b"request header too large\n")
                 return
-            request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-            parts = request_line.split(" ")
+            lines = head.decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ")
             if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
                 await self._send(writer, 400, b"bad request\n")
                 return
+            headers: dict[str, str] = {}
+            for line in lines[1:]:
+                name, sep, value = line.partition(":")
+                if sep:
+                    headers[name.strip().lower()] = value.strip()
+            body = b""
+            length = headers.get("content-length", "0")
+            if not length.isdigit() or int(length) > MAX_BODY:
+                await self._send(writer, 413, b"request body too large\n")
+                return
+            if int(length):
+                async with asyncio.timeout(HEAD_TIMEOUT):
+                    body = await reader.readexactly(int(length))
             method, target = parts[0], parts[1]
-            path = target.split("?", 1)[0]
-            status, content_type, body = self.dispatch(method, path)
-            await self._send(writer, status, body, content_type, head_only=method == "HEAD")
+            path, _, query = target.partition("?")
+            request = AdminRequest(method, urllib.parse.unquote(path), urllib.parse.parse_qs(query), headers, body)
+            status, content_type, payload = self.dispatch(request)
+            await self._send(writer, status, payload, content_type, head_only=method == "HEAD")
         except Exception:  # noqa: BLE001 - the admin listener must survive anything
             log.exception("admin request failed")
         finally:
             writer.close()
 
-    def dispatch(self, method: str, path: str) -> tuple[int, str, bytes]:
+    def dispatch(self, request: AdminRequest) -> tuple[int, str, bytes]:
         """Route an admin request to ``(status, content type, body)``."""
         routes = {
             "/healthz": self._healthz,
@@ -88,12 +140,47 @@ class AdminServer:
             "/metrics": self._metrics,
             "/status": self._status,
         }
-        handler = routes.get(path)
-        if handler is None:
+        handler = routes.get(request.path)
+        if handler is not None:
+            if request.method not in ("GET", "HEAD"):
+                return 405, "text/plain", b"method not allowed: use GET\n"
+            return handler()
+        match = BACKEND_ACTION.fullmatch(request.path)
+        if match is None:
             return 404, "text/plain", b"not found\n"
-        if method not in ("GET", "HEAD"):
-            return 405, "text/plain", b"method not allowed\n"
-        return handler()
+        if request.method != "POST":
+            return 405, "text/plain", b"method not allowed: use POST\n"
+        token = self.config.token
+        if token is not None and not hmac.compare_digest(
+            request.headers.get("authorization", "").encode(), f"Bearer {token}".encode()
+        ):
+            return 401, "text/plain", b"missing or wrong bearer token\n"
+        return self._backend_action(match["pool"], match["backend"], match["action"], request)
+
+    def _backend_action(self, pool_name: str, label: str, action: str, request: AdminRequest) -> tuple[int, str, bytes]:
+        pool = self.daemon.pools.get(pool_name)
+        if pool is None:
+            return 404, "text/plain", f"no pool {pool_name!r}\n".encode()
+        backend = pool.by_label.get(label)
+        if backend is None:
+            return 404, "text/plain", f"pool {pool_name!r} has no backend {label!r}\n".encode()
+        if action == "drain":
+            backend.set_admin("draining", "by admin request")
+        elif action == "disable":
+            backend.set_admin("disabled", "by admin request")
+        elif action == "enable":
+            backend.set_admin("ready", "by admin request")
+        else:  # weight
+            weight = _weight_from(request)
+            if weight is None:
+                return 400, "text/plain", b"give the weight as ?weight=N or a JSON body {\"weight\": N}, 1-1000\n"
+            log.info("pool %s backend %s weight %s -> %d by admin request", pool.name, label, backend.base_weight, weight)
+            ramping = backend.weight != backend.base_weight
+            backend.base_weight = weight
+            if not ramping:
+                backend.weight = weight
+        view = self.daemon.backend_status(pool, backend)
+        return 200, "application/json", json.dumps(view).encode() + b"\n"
 
     def _healthz(self) -> tuple[int, str, bytes]:
         return 200, "text/plain", b"ok\n"

@@ -27,6 +27,7 @@ from lbproxy.config.model import (
     Config,
     CookieConfig,
     HealthCheckConfig,
+    OutlierConfig,
     HttpLimits,
     ListenerConfig,
     MatchConfig,
@@ -53,6 +54,8 @@ _POOL_KEYS = (
     "strategy",
     "backends",
     "health_check",
+    "outlier_detection",
+    "slow_start",
     "connect_timeout",
     "response_timeout",
     "retries",
@@ -73,6 +76,13 @@ _HEALTH_KEYS = (
     "host",
     "expect_status",
     "expect_body",
+)
+_OUTLIER_KEYS = (
+    "consecutive_failures",
+    "consecutive_5xx",
+    "base_ejection_time",
+    "max_ejection_time",
+    "max_ejection_percent",
 )
 _COOKIE_KEYS = ("name", "path", "max_age", "http_only", "secure", "same_site", "secret")
 _LISTENER_KEYS = (
@@ -122,6 +132,7 @@ _CONFIG_DEFAULTS = Config(pools={}, listeners=())
 _POOL_DEFAULTS = PoolConfig(name="", backends=())
 _BACKEND_DEFAULTS = BackendConfig(address=Address("0.0.0.0", 1))
 _HEALTH_DEFAULTS = HealthCheckConfig()
+_OUTLIER_DEFAULTS = OutlierConfig()
 _COOKIE_DEFAULTS = CookieConfig()
 _LISTENER_DEFAULTS = ListenerConfig(name="", bind=Address("0.0.0.0", 0), mode="http")
 _LIMITS_DEFAULTS = HttpLimits()
@@ -661,6 +672,8 @@ def _build_pool(ctx: _Context, name: str, value: Any, path: str, line: int) -> P
         backends=backends or (),
         strategy=strategy,
         health_check=_build_health_check(sec),
+        outlier_detection=_build_outlier(sec),
+        slow_start=sec.get("slow_start", _duration(positive=False), default.slow_start),
         connect_timeout=sec.get("connect_timeout", positive, default.connect_timeout),
         response_timeout=sec.get("response_timeout", positive, default.response_timeout),
         retries=sec.get("retries", _int(0, 100), default.retries),
@@ -750,6 +763,26 @@ def _build_health_check(pool: _Section) -> HealthCheckConfig | None:
         host=sec.get("host", _token, default.host),
         expect_status=sec.get("expect_status", parse_status_ranges, default.expect_status),
         expect_body=sec.get("expect_body", _text, default.expect_body),
+    )
+
+
+def _build_outlier(pool: _Section) -> OutlierConfig | None:
+    """Absent: on with defaults; ``false``: off; ``true``: defaults; a mapping: those settings."""
+    if "outlier_detection" not in pool.node:
+        return _OUTLIER_DEFAULTS
+    switch = _switchable(pool, "outlier_detection")
+    if switch is not None:
+        return OutlierConfig() if switch else None
+    sec = pool.section("outlier_detection", _OUTLIER_KEYS)
+    if sec is None:
+        return _OUTLIER_DEFAULTS
+    default = _OUTLIER_DEFAULTS
+    return OutlierConfig(
+        consecutive_failures=sec.get("consecutive_failures", _int(0), default.consecutive_failures),
+        consecutive_5xx=sec.get("consecutive_5xx", _int(0), default.consecutive_5xx),
+        base_ejection_time=sec.get("base_ejection_time", _duration(positive=True), default.base_ejection_time),
+        max_ejection_time=sec.get("max_ejection_time", _duration(positive=True), default.max_ejection_time),
+        max_ejection_percent=sec.get("max_ejection_percent", _int(0, 100), default.max_ejection_percent),
     )
 
 

@@ -60,6 +60,17 @@ class HealthCheckConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OutlierConfig:
+    """Passive ejection (Envoy's outlier detection): failures seen on real traffic eject a backend."""
+
+    consecutive_failures: int = 5  # connect failures/resets/timeouts in a row (L4 and L7); 0: off
+    consecutive_5xx: int = 0  # L7 5xx responses in a row; 0: off
+    base_ejection_time: float = 30.0  # ejected for base × times ejected ...
+    max_ejection_time: float = 300.0  # ... capped here
+    max_ejection_percent: int = 10  # of a pool at once; at least one backend may always be ejected
+
+
+@dataclass(frozen=True, slots=True)
 class CookieConfig:
     """The affinity cookie that ``cookie_affinity`` inserts (haproxy ``cookie insert indirect nocache``)."""
 
@@ -78,6 +89,8 @@ class PoolConfig:
     backends: tuple[BackendConfig, ...]
     strategy: str = "round_robin"  # a BUILTIN_STRATEGIES name or "package.module:ClassName"
     health_check: HealthCheckConfig | None = None
+    outlier_detection: OutlierConfig | None = field(default_factory=OutlierConfig)  # None: off
+    slow_start: float = 0.0  # seconds over which a returning backend's weight ramps up; 0: off
     connect_timeout: float = 5.0
     response_timeout: float = 60.0  # L7: from request sent to response head received
     retries: int = 2  # further backends tried after a connect failure

@@ -1,29 +1,38 @@
 """Backend: one upstream server's runtime state, shared by strategies, data paths and health checks.
 
 Rules:
-- ``state`` is changed only by ``set_state`` (health checker, outlier detector, admin API).
-- ``active`` counts live L4 connections plus L7 requests in flight; the data paths increment it on
-  ``acquire`` and decrement on ``release``, exactly once each.
-- ``available`` is what a strategy asks: the backend may take one more connection or request now.
+- Three independent inputs decide whether a backend takes new work: the active health check
+  (``checked_up``), passive outlier detection (``ejected``) and the operator (``admin``: ready,
+  draining or disabled). They change only through ``set_checked_up``, ``set_ejected`` and
+  ``set_admin``, which recompute the cached ``eligible`` flag and log a change of the derived
+  ``state`` once at INFO, with the reason.
+- ``state`` is derived, by precedence: disabled > draining > unhealthy > ejected > healthy.
+- ``active`` counts live L4 connections plus L7 requests in flight; the data paths increment it
+  with ``acquire`` and decrement it with ``release``, exactly once each.
+- ``available`` is what a strategy asks on the hot path: eligible and under ``max_connections``.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from typing import Protocol
+from typing import Literal, Protocol
 
 from lbproxy.config.model import BackendConfig
 
 log = logging.getLogger("lbproxy.pool")
 
+AdminState = Literal["ready", "draining", "disabled"]
+
 
 class OutcomeObserver(Protocol):
-    """Told about failures as they happen (passive health checking)."""
+    """Told about outcomes and state changes as they happen (passive health, slow start)."""
 
     def on_failure(self, backend: Backend) -> None: ...
 
     def on_5xx(self, backend: Backend) -> None: ...
+
+    def on_state_change(self, backend: Backend, old: BackendState, new: BackendState) -> None: ...
 
 
 class BackendState(enum.Enum):
@@ -32,6 +41,15 @@ class BackendState(enum.Enum):
     EJECTED = "ejected"  # passive outlier detection
     DRAINING = "draining"  # admin: no new work, existing work finishes
     DISABLED = "disabled"  # admin: out of rotation (maintenance)
+
+
+_STATE_WORDS = {
+    BackendState.HEALTHY: "UP",
+    BackendState.UNHEALTHY: "DOWN",
+    BackendState.EJECTED: "EJECTED",
+    BackendState.DRAINING: "DRAINING",
+    BackendState.DISABLED: "DISABLED",
+}
 
 
 class Backend:
@@ -44,7 +62,12 @@ class Backend:
         "port",
         "label",
         "weight",
+        "base_weight",
         "max_connections",
+        "checked_up",
+        "ejected",
+        "admin",
+        "eligible",
         "state",
         "active",
         "connections_total",
@@ -52,6 +75,7 @@ class Backend:
         "consecutive_failures",
         "consecutive_5xx",
         "observer",
+        "transitions",
     )
 
     def __init__(self, config: BackendConfig, pool_name: str) -> None:
@@ -62,8 +86,13 @@ class Backend:
         # A stable id: the configured address. Hashing (ip_hash, cookies) keys on it, so two
         # instances with the same config agree.
         self.label = str(config.address)
-        self.weight = config.weight
+        self.weight = config.weight  # the weight strategies read (slow start scales it)
+        self.base_weight = config.weight  # the configured or admin-set weight
         self.max_connections = config.max_connections
+        self.checked_up = True
+        self.ejected = False
+        self.admin: AdminState = "ready"
+        self.eligible = True
         self.state = BackendState.HEALTHY
         self.active = 0
         self.connections_total = 0
@@ -72,11 +101,12 @@ class Backend:
         self.consecutive_5xx = 0
         # Passive health (outlier detection) watches these outcomes; None when not configured.
         self.observer: OutcomeObserver | None = None
+        self.transitions: dict[str, int] = {}  # state value -> times entered
 
     @property
     def available(self) -> bool:
         """True when a strategy may give this backend one more connection or request."""
-        if self.state is not BackendState.HEALTHY:
+        if not self.eligible:
             return False
         limit = self.max_connections
         return limit is None or self.active < limit
@@ -89,6 +119,8 @@ class Backend:
     def release(self) -> None:
         """Count one connection or request finished; call exactly once per ``acquire``."""
         self.active -= 1
+
+    # -- outcomes from the data paths ------------------------------------------------------------
 
     def note_failure(self) -> None:
         """A connect failure, reset or timeout on this backend (L4 or L7)."""
@@ -111,20 +143,56 @@ class Backend:
         else:
             self.consecutive_5xx = 0
 
-    def set_state(self, state: BackendState, reason: str) -> bool:
-        """Move to ``state``; logs the transition once at INFO. Returns whether it changed."""
+    # -- state inputs ----------------------------------------------------------------------------
+
+    def set_checked_up(self, up: bool, reason: str) -> bool:
+        """The active health check's verdict. Returns whether the derived state changed."""
+        self.checked_up = up
+        return self._refresh(reason)
+
+    def set_ejected(self, ejected: bool, reason: str) -> bool:
+        """Passive outlier detection's verdict. Returns whether the derived state changed."""
+        self.ejected = ejected
+        if not ejected:
+            self.consecutive_failures = 0
+            self.consecutive_5xx = 0
+        return self._refresh(reason)
+
+    def set_admin(self, admin: AdminState, reason: str) -> bool:
+        """The operator's choice. Returns whether the derived state changed."""
+        self.admin = admin
+        return self._refresh(reason)
+
+    def _refresh(self, reason: str) -> bool:
+        if self.admin == "disabled":
+            state = BackendState.DISABLED
+        elif self.admin == "draining":
+            state = BackendState.DRAINING
+        elif not self.checked_up:
+            state = BackendState.UNHEALTHY
+        elif self.ejected:
+            state = BackendState.EJECTED
+        else:
+            state = BackendState.HEALTHY
+        self.eligible = state is BackendState.HEALTHY
         if state is self.state:
             return False
-        log.info(
-            "pool %s backend %s %s -> %s: %s",
-            self.pool_name,
-            self.label,
-            self.state.value,
-            state.value,
-            reason,
-        )
+        log.info("pool %s backend %s %s %s", self.pool_name, self.label, _STATE_WORDS[state], reason)
+        old = self.state
         self.state = state
+        self.transitions[state.value] = self.transitions.get(state.value, 0) + 1
+        if self.observer is not None:
+            self.observer.on_state_change(self, old, state)
         return True
+
+    def force_state(self, state: BackendState) -> None:
+        """Set the inputs so that ``state`` results (tests and tools; not for the data path)."""
+        self.admin = "disabled" if state is BackendState.DISABLED else (
+            "draining" if state is BackendState.DRAINING else "ready"
+        )
+        self.checked_up = state is not BackendState.UNHEALTHY
+        self.ejected = state is BackendState.EJECTED
+        self._refresh("forced")
 
     def __repr__(self) -> str:
         return (

@@ -16,9 +16,11 @@ import time
 from lbproxy import __version__
 from lbproxy.admin.server import AdminServer, listener_status
 from lbproxy.config.model import Config
+from lbproxy.health.checker import HealthChecker
 from lbproxy.l4.splicer import TcpListener
 from lbproxy.l7.listener import HttpListener, UpstreamRegistry
 from lbproxy.net.listener import BaseListener
+from lbproxy.pool.backend import Backend
 from lbproxy.pool.pool import Pool
 
 log = logging.getLogger("lbproxy.daemon")
@@ -32,6 +34,7 @@ class Daemon:
         self.pools: dict[str, Pool] = {}
         self.listeners: dict[str, BaseListener] = {}
         self.upstreams = UpstreamRegistry()
+        self.health = HealthChecker()
         self.admin: AdminServer | None = None
         self.ready = False
         self.started_at = time.time()
@@ -43,6 +46,7 @@ class Daemon:
         self._stop = asyncio.Event()
         config = self.config
         self.pools = {name: Pool(pool_config) for name, pool_config in config.pools.items()}
+        self.health.start(self.pools.values())
         try:
             for listener_config in config.listeners:
                 sock = self._sockets.get(listener_config.name)
@@ -88,6 +92,7 @@ class Daemon:
         log.info("shutdown: draining connections for up to %.1fs", timeout)
         results = await asyncio.gather(*(listener.drain(timeout) for listener in self.listeners.values()))
         self.upstreams.close_all()
+        await self.health.stop()
         if self.admin is not None:
             await self.admin.close()
         aborted = sum(results)
@@ -95,6 +100,7 @@ class Daemon:
         return aborted
 
     async def _close_now(self) -> None:
+        await self.health.stop()
         for listener in self.listeners.values():
             listener.stop_accepting()
         if self.admin is not None:
@@ -104,6 +110,32 @@ class Daemon:
         """``(host, port)`` a listener is bound to; handy with port 0."""
         address = self.listeners[name].address
         return address.host, address.port
+
+    def backend_status(self, pool: Pool, backend: Backend) -> dict[str, object]:
+        view: dict[str, object] = {
+            "address": backend.label,
+            "state": backend.state.value,
+            "admin": backend.admin,
+            "checked_up": backend.checked_up,
+            "ejected": backend.ejected,
+            "weight": backend.base_weight,
+            "effective_weight": round(backend.weight, 3),
+            "active": backend.active,
+            "connections_total": backend.connections_total,
+            "failures_total": backend.failures_total,
+        }
+        health = self.health.pools.get(pool.name)
+        record = health.records.get(backend) if health is not None else None
+        if record is not None:
+            view["last_check"] = {
+                "result": record.last_result or None,
+                "detail": record.last_detail or None,
+                "time": record.last_check_time or None,
+            }
+            view["checks_passed"] = record.checks_passed
+            view["checks_failed"] = record.checks_failed
+            view["ejections_total"] = record.ejections_total
+        return view
 
     def status(self) -> dict[str, object]:
         """The JSON document served at /status."""
@@ -117,17 +149,8 @@ class Daemon:
                     "name": pool.name,
                     "strategy": pool.config.strategy,
                     "no_backend_total": pool.no_backend_total,
-                    "backends": [
-                        {
-                            "address": backend.label,
-                            "state": backend.state.value,
-                            "weight": backend.weight,
-                            "active": backend.active,
-                            "connections_total": backend.connections_total,
-                            "failures_total": backend.failures_total,
-                        }
-                        for backend in pool.backends
-                    ],
+                    "health_check": pool.config.health_check.type if pool.config.health_check else None,
+                    "backends": [self.backend_status(pool, backend) for backend in pool.backends],
                 }
                 for pool in self.pools.values()
             ],
