@@ -126,6 +126,8 @@ def _install_signals(daemon: object) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGUSR1, daemon.reopen_logs)
+    loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

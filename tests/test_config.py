@@ -676,8 +676,11 @@ def test_access_log_format() -> None:
     )
 
 
-def test_admin_requires_bind() -> None:
-    assert_problem(BASE + "admin: {token: abc}\n", f"{SRC}:10: admin.bind: ", "missing required key 'bind'")
+def test_admin_binds_to_loopback_by_default() -> None:
+    for text in (BASE + "admin: {token: abc}\n", BASE + "admin: true\n"):
+        config = load_config_text(text, SRC)
+        assert config.admin is not None and config.admin.bind == Address("127.0.0.1", 9901)
+    assert load_config_text(BASE + "admin: false\n", SRC).admin is None
 
 
 # ------------------------------------------------------------------------------------------

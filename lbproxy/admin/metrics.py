@@ -44,6 +44,15 @@ class DaemonCollector:
         info = GaugeMetricFamily("lbproxy_build_info", "lbproxy version and Python", labels=["version", "python"])
         info.add_metric([__version__, platform.python_version()], 1)
         yield info
+        reloads = CounterMetricFamily("lbproxy_config_reloads", "Configuration reloads", labels=["result"])
+        for result, count in daemon.reloads.items():
+            reloads.add_metric([result], count)
+        yield reloads
+        yield GaugeMetricFamily(
+            "lbproxy_config_last_reload_success_timestamp_seconds",
+            "When the running configuration was loaded (start or last successful reload)",
+            value=daemon.last_reload_success,
+        )
 
         conn_total = CounterMetricFamily("lbproxy_connections", "Client connections accepted", labels=["listener"])
         conn_active = GaugeMetricFamily("lbproxy_connections_active", "Client connections open", labels=["listener"])
@@ -86,14 +95,21 @@ class DaemonCollector:
             labels=["pool", "backend"],
         )
         weight = GaugeMetricFamily("lbproxy_backend_weight", "Current weight", labels=["pool", "backend"])
-        failures = CounterMetricFamily(
-            "lbproxy_backend_failures", "Connect failures and broken responses", labels=["pool", "backend"]
+        errors = CounterMetricFamily(
+            "lbproxy_upstream_errors",
+            "Upstream errors by kind (connect_refused, connect_timeout, reset, bad_response, "
+            "response_timeout, no_backend)",
+            labels=["pool", "backend", "kind"],
         )
-        no_backend = CounterMetricFamily(
-            "lbproxy_no_backend", "Times a pool had no available backend", labels=["pool"]
+        retries = CounterMetricFamily("lbproxy_retries", "Attempts after a failed one", labels=["pool"])
+        connect = HistogramMetricFamily(
+            "lbproxy_upstream_connect_duration_seconds", "Time to connect to a backend", labels=["pool"]
         )
         for pool in daemon.pools.values():
-            no_backend.add_metric([pool.name], pool.no_backend_total)
+            errors.add_metric([pool.name, "", "no_backend"], pool.no_backend_total)
+            retries.add_metric([pool.name], pool.retries_total)
+            histogram = pool.connect_durations
+            connect.add_metric([pool.name], histogram.cumulative(), histogram.total)
             for backend in pool.backends:
                 labels = [pool.name, backend.label]
                 up.add_metric(labels, 1 if backend.state is BackendState.HEALTHY else 0)
@@ -101,8 +117,9 @@ class DaemonCollector:
                     state.add_metric([*labels, s.value], 1 if backend.state is s else 0)
                 active.add_metric(labels, backend.active)
                 weight.add_metric(labels, backend.weight)
-                failures.add_metric(labels, backend.failures_total)
-        yield from (up, state, active, weight, failures, no_backend)
+                for kind, count in list(backend.errors.items()):
+                    errors.add_metric([*labels, kind], count)
+        yield from (up, state, active, weight, errors, retries, connect)
 
         checks = CounterMetricFamily(
             "lbproxy_health_checks", "Active health checks by result", labels=["pool", "backend", "result"]

@@ -125,14 +125,14 @@ class AdminServer:
             method, target = parts[0], parts[1]
             path, _, query = target.partition("?")
             request = AdminRequest(method, urllib.parse.unquote(path), urllib.parse.parse_qs(query), headers, body)
-            status, content_type, payload = self.dispatch(request)
+            status, content_type, payload = await self.dispatch(request)
             await self._send(writer, status, payload, content_type, head_only=method == "HEAD")
         except Exception:  # noqa: BLE001 - the admin listener must survive anything
             log.exception("admin request failed")
         finally:
             writer.close()
 
-    def dispatch(self, request: AdminRequest) -> tuple[int, str, bytes]:
+    async def dispatch(self, request: AdminRequest) -> tuple[int, str, bytes]:
         """Route an admin request to ``(status, content type, body)``."""
         routes = {
             "/healthz": self._healthz,
@@ -146,7 +146,7 @@ class AdminServer:
                 return 405, "text/plain", b"method not allowed: use GET\n"
             return handler()
         match = BACKEND_ACTION.fullmatch(request.path)
-        if match is None:
+        if match is None and request.path != "/reload":
             return 404, "text/plain", b"not found\n"
         if request.method != "POST":
             return 405, "text/plain", b"method not allowed: use POST\n"
@@ -155,7 +155,14 @@ class AdminServer:
             request.headers.get("authorization", "").encode(), f"Bearer {token}".encode()
         ):
             return 401, "text/plain", b"missing or wrong bearer token\n"
+        if match is None:
+            return await self._reload()
         return self._backend_action(match["pool"], match["backend"], match["action"], request)
+
+    async def _reload(self) -> tuple[int, str, bytes]:
+        applied, messages = await self.daemon.reload_from_file()
+        body = json.dumps({"applied": applied, "messages": messages}, indent=2).encode() + b"\n"
+        return (200 if applied else 400), "application/json", body
 
     def _backend_action(self, pool_name: str, label: str, action: str, request: AdminRequest) -> tuple[int, str, bytes]:
         pool = self.daemon.pools.get(pool_name)

@@ -137,6 +137,7 @@ _COOKIE_DEFAULTS = CookieConfig()
 _LISTENER_DEFAULTS = ListenerConfig(name="", bind=Address("0.0.0.0", 0), mode="http")
 _LIMITS_DEFAULTS = HttpLimits()
 _ACCESS_LOG_DEFAULTS = AccessLogConfig()
+_ADMIN_DEFAULT_BIND = Address("127.0.0.1", 9901)
 
 
 # --------------------------------------------------------------------------------------------
@@ -815,13 +816,19 @@ def _build_cookie(pool: _Section) -> CookieConfig:
 
 
 def _build_admin(top: _Section, ctx: _Context) -> AdminConfig | None:
+    """Absent or ``false``: no admin listener; ``true`` or a mapping: one (loopback by default)."""
+    switch = _switchable(top, "admin")
+    if switch is False:
+        return None
+    if switch is True:
+        bind, token = _ADMIN_DEFAULT_BIND, None
+        ctx.binds.append(_Bind(bind, top.line("admin"), top.sub("admin"), "the admin listener"))
+        return AdminConfig(bind=bind)
     sec = top.section("admin", _ADMIN_KEYS)
     if sec is None:
         return None
-    bind = sec.require("bind", _address(allow_port_zero=True))
+    bind = sec.get("bind", _address(allow_port_zero=True), _ADMIN_DEFAULT_BIND)
     token = sec.get("token", _token, None)
-    if bind is None:
-        return None
     ctx.binds.append(_Bind(bind, sec.line("bind"), sec.sub("bind"), "the admin listener"))
     return AdminConfig(bind=bind, token=token)
 

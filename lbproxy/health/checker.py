@@ -240,13 +240,59 @@ class HealthChecker:
         self.pools: dict[str, PoolHealth] = {}
 
     def start(self, pools: Iterable[Pool]) -> None:
-        loop = asyncio.get_running_loop()
         for pool in pools:
-            health = PoolHealth(pool, loop)
-            self.pools[pool.name] = health
-            if pool.config.health_check is not None:
-                for backend in pool.backends:
+            self.add_pool(pool)
+
+    def add_pool(self, pool: Pool) -> None:
+        """Watch a pool: its backends are checked at once when it has a health check."""
+        health = PoolHealth(pool, asyncio.get_running_loop())
+        self.pools[pool.name] = health
+        if pool.config.health_check is not None:
+            for backend in pool.backends:
+                self._start_checks(health, backend)
+
+    def remove_pool(self, pool: Pool) -> None:
+        health = self.pools.pop(pool.name, None)
+        if health is not None:
+            for backend in list(health.records):
+                health.forget(backend)
+
+    def remove_backend(self, pool: Pool, backend: Backend) -> None:
+        health = self.pools.get(pool.name)
+        if health is not None:
+            health.forget(backend)
+
+    def reconfigure_pool(self, pool: Pool, old: PoolConfig, added: Iterable[Backend]) -> None:
+        """After ``pool.reconfigure``: adopt new backends and follow health-check changes.
+
+        Backends that stayed keep their verdict; a changed health check restarts their probes
+        (with the new thresholds, keeping the current up/down verdict).
+        """
+        health = self.pools.get(pool.name)
+        if health is None:
+            self.add_pool(pool)
+            return
+        health.config = pool.config
+        check = pool.config.health_check
+        restart = check != old.health_check
+        for backend in list(health.records):
+            if restart:
+                record = health.records[backend]
+                if record.task is not None:
+                    record.task.cancel()
+                    record.task = None
+                if check is None:
+                    record.hysteresis = None
+                    backend.set_checked_up(True, "health check removed by reload")
+                else:
+                    record.hysteresis = Hysteresis(
+                        check.healthy_threshold, check.unhealthy_threshold, up=backend.checked_up, confirmed=True
+                    )
                     self._start_checks(health, backend)
+        for backend in added:
+            health.adopt(backend)
+            if check is not None:
+                self._start_checks(health, backend)
 
     def _start_checks(self, health: PoolHealth, backend: Backend) -> None:
         record = health.records[backend]

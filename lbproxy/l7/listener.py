@@ -14,6 +14,7 @@ from lbproxy.net.listener import BaseListener, NetworkSet
 from lbproxy.stats import Histogram
 
 if TYPE_CHECKING:
+    from lbproxy.accesslog import AccessLog
     from lbproxy.l7.exchange import Exchange
     from lbproxy.pool.backend import Backend
     from lbproxy.pool.pool import Pool
@@ -53,7 +54,7 @@ class HttpListener(BaseListener):
         config: ListenerConfig,
         pools: Mapping[str, Pool],
         upstreams: UpstreamRegistry,
-        access_log: object | None = None,
+        access_log: AccessLog | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(config, **kwargs)  # type: ignore[arg-type]
@@ -86,6 +87,7 @@ class HttpListener(BaseListener):
         """Count one finished exchange (and log it when access logging is on)."""
         route = exchange.route
         backend = exchange.backend
+        duration = self.loop.time() - exchange.started
         if route is not None:
             pool_name = route.pool.name
             key = (route.name, pool_name, backend.label if backend is not None else "", exchange.status)
@@ -93,12 +95,12 @@ class HttpListener(BaseListener):
             histogram = self.durations.get(pool_name)
             if histogram is None:
                 histogram = self.durations[pool_name] = Histogram()
-            histogram.observe(self.loop.time() - exchange.started)
+            histogram.observe(duration)
         elif exchange.status:
             key = ("", "", "", exchange.status)
             self.request_counts[key] = self.request_counts.get(key, 0) + 1
         if self.access_log is not None:
-            self.access_log.log_exchange(self, exchange)  # type: ignore[attr-defined]
+            self.access_log.log_exchange(self.name, exchange, duration)
 
     def count_refused(self, status: int) -> None:
         self.refused[status] = self.refused.get(status, 0) + 1

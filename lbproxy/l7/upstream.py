@@ -10,7 +10,10 @@ How this works:
 - ``BackendConnections`` keeps at most ``max_idle`` idle connections per backend, LIFO (the warmest
   first), closed after ``idle_timeout``. Pool bookkeeping is synchronous; closes happen afterwards.
 - One timer per connection enforces the backend's inactivity bound (response_timeout) while an
-  exchange waits on it, re-armed lazily from ``last_activity``.
+  exchange waits on it, re-armed lazily from ``last_activity``. While the exchange is waiting for
+  its client's body the client's own timer applies instead.
+- Reading is paused while the client can't take more response bytes (``pause_reading``); an idle
+  pooled connection always reads, so a backend's close is noticed at once.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from lbproxy.errors import BadResponse, ResponseTimeout, UpstreamReset
+from lbproxy.errors import BadResponse, ResponseTimeout, UpstreamError, UpstreamReset
+from lbproxy.l7.headers import connection_tokens
 
 if TYPE_CHECKING:
     from lbproxy.l7.exchange import Exchange
@@ -29,11 +33,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lbproxy.l7.upstream")
 
+MAX_RESPONSE_HEAD = 65536  # bytes of status line and fields; a bigger response head is a 502
+
 
 class BackendConnections:
     """Idle keep-alive connections to one backend."""
 
-    __slots__ = ("backend", "idle", "max_idle", "idle_timeout", "loop", "_sweeper", "opened_total", "reused_total")
+    __slots__ = (
+        "backend",
+        "idle",
+        "max_idle",
+        "idle_timeout",
+        "loop",
+        "_sweeper",
+        "opened_total",
+        "reused_total",
+        "closed",
+    )
 
     def __init__(self, backend: Backend, max_idle: int, idle_timeout: float) -> None:
         self.backend = backend
@@ -44,6 +60,7 @@ class BackendConnections:
         self._sweeper: asyncio.TimerHandle | None = None
         self.opened_total = 0
         self.reused_total = 0
+        self.closed = False
 
     def take(self) -> UpstreamConnection | None:
         """The most recently used idle connection that is still open, or None."""
@@ -58,10 +75,14 @@ class BackendConnections:
 
     def put(self, conn: UpstreamConnection) -> None:
         """Keep ``conn`` for reuse, or close it if the pool is full."""
+        if self.closed:
+            conn.close()  # the backend left its pool (reload) or we are shutting down
+            return
         if len(self.idle) >= self.max_idle or not conn.usable():
             conn.close()
             return
         conn.idle_since = self.loop.time()
+        conn.resume_reading()
         self.idle.append(conn)
         if self._sweeper is None:
             self._sweeper = self.loop.call_at(conn.idle_since + self.idle_timeout, self._sweep)
@@ -74,7 +95,8 @@ class BackendConnections:
             pass
 
     def close_all(self) -> None:
-        """Close every idle connection (pool removed or shutting down)."""
+        """Close every idle connection, and any returned later (pool removed or shutting down)."""
+        self.closed = True
         idle, self.idle = self.idle, []
         for conn in idle:
             conn.close()
@@ -123,6 +145,8 @@ class UpstreamConnection(asyncio.Protocol):
         "timer",
         "timeout",
         "closed",
+        "reading_paused",
+        "head_bytes",
     )
 
     def __init__(self, owner: BackendConnections) -> None:
@@ -144,6 +168,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.timeout = 0.0
         self.closed = False
+        self.reading_paused = False
+        self.head_bytes = 0
 
     # -- pool predicates -----------------------------------------------------------------------
 
@@ -159,6 +185,19 @@ class UpstreamConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def pause_reading(self) -> None:
+        """Stop reading the response: the client can't take more now."""
+        transport = self.transport
+        if not self.reading_paused and transport is not None and not transport.is_closing():
+            self.reading_paused = True
+            transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        transport = self.transport
+        if self.reading_paused and transport is not None and not transport.is_closing():
+            self.reading_paused = False
+            transport.resume_reading()
 
     # -- used by Exchange ----------------------------------------------------------------------
 
@@ -218,8 +257,12 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(BadResponse("unexpected upgrade from backend"))
             return
         except httptools.HttpParserCallbackError as exc:
-            log.exception("internal error handling upstream response", exc_info=exc.__context__)
-            self._fail(BadResponse("internal error"))
+            cause = exc.__context__
+            if isinstance(cause, UpstreamError):
+                self._fail(cause)
+            else:
+                log.error("internal error handling an upstream response", exc_info=cause)
+                self._fail(BadResponse("internal error"))
             return
         except httptools.HttpParserError as exc:
             self._fail(BadResponse(f"malformed response from backend: {exc}"))
@@ -257,6 +300,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         if self.exchange is not None:
+            self.last_activity = self.loop.time()  # the backend is reading: progress
             self.exchange.upstream_resume_writing()
 
     # -- httptools callbacks -------------------------------------------------------------------
@@ -265,10 +309,14 @@ class UpstreamConnection(asyncio.Protocol):
         if self.complete:
             self.dirty = True  # a second response where none was asked for
         self.headers = []
+        self.head_bytes = 0
         self.status = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > MAX_RESPONSE_HEAD:
+            raise BadResponse("response head from backend too large")
+        self.headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
@@ -276,7 +324,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = status
         if exchange is None or self.complete:
             return
-        if 100 <= status < 200 and status != 101:
+        if status == 101:
+            if exchange.upgrade is None or not self._switches_protocols():
+                raise BadResponse("unexpected 101 response from backend")
+            exchange.upstream_head(status, self.headers)  # the tunnel starts on HttpParserUpgrade
+            return
+        if status < 200:
             self.interim = True
             exchange.upstream_interim(status, self.headers)
             return
@@ -304,6 +357,19 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- internals -----------------------------------------------------------------------------
 
+    def _switches_protocols(self) -> bool:
+        """A 101 names the protocol (Upgrade) and lists upgrade in Connection, as llhttp needs
+        to hand over the rest of the bytes as tunnel data."""
+        has_upgrade = False
+        listed = False
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == b"upgrade":
+                has_upgrade = True
+            elif lname == b"connection" and b"upgrade" in connection_tokens(value):
+                listed = True
+        return has_upgrade and listed
+
     def _finish(self) -> None:
         exchange = self.exchange
         self.detach()
@@ -324,10 +390,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self.timer = None
-        if self.exchange is None or self.tunnel:
+        exchange = self.exchange
+        if exchange is None or self.tunnel:
             return
+        now = self.loop.time()
+        if exchange.waiting_on_client():
+            self.last_activity = now
         deadline = self.last_activity + self.timeout
-        if self.loop.time() < deadline:
+        if now < deadline:
             self.timer = self.loop.call_at(deadline, self._on_timer)
             return
         self._fail(ResponseTimeout(f"backend {self.owner.backend.label} sent nothing for {self.timeout:g}s"))

@@ -76,6 +76,7 @@ class Backend:
         "consecutive_5xx",
         "observer",
         "transitions",
+        "errors",
     )
 
     def __init__(self, config: BackendConfig, pool_name: str) -> None:
@@ -102,6 +103,7 @@ class Backend:
         # Passive health (outlier detection) watches these outcomes; None when not configured.
         self.observer: OutcomeObserver | None = None
         self.transitions: dict[str, int] = {}  # state value -> times entered
+        self.errors: dict[str, int] = {}  # UpstreamError.kind -> count
 
     @property
     def available(self) -> bool:
@@ -122,8 +124,9 @@ class Backend:
 
     # -- outcomes from the data paths ------------------------------------------------------------
 
-    def note_failure(self) -> None:
-        """A connect failure, reset or timeout on this backend (L4 or L7)."""
+    def note_failure(self, kind: str = "connect_refused") -> None:
+        """A connect failure, reset or timeout on this backend (L4 or L7); ``kind`` as in errors.py."""
+        self.errors[kind] = self.errors.get(kind, 0) + 1
         self.failures_total += 1
         self.consecutive_failures += 1
         if self.observer is not None:
@@ -132,6 +135,10 @@ class Backend:
     def note_success(self) -> None:
         """A connection (L4) or response (L7) succeeded: clears the consecutive-failure count."""
         self.consecutive_failures = 0
+
+    def note_error(self, kind: str) -> None:
+        """An error that is not a connection failure (a malformed response): counted only."""
+        self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def note_status(self, status: int) -> None:
         """An L7 response status from this backend (5xx counts toward outlier ejection)."""

@@ -14,8 +14,11 @@ import socket
 import time
 
 from lbproxy import __version__
+from lbproxy.accesslog import AccessLog
 from lbproxy.admin.server import AdminServer, listener_status
-from lbproxy.config.model import Config
+from lbproxy.config.loader import load_config
+from lbproxy.config.model import Config, ListenerConfig
+from lbproxy.errors import ConfigError
 from lbproxy.health.checker import HealthChecker
 from lbproxy.l4.splicer import TcpListener
 from lbproxy.l7.listener import HttpListener, UpstreamRegistry
@@ -35,11 +38,16 @@ class Daemon:
         self.listeners: dict[str, BaseListener] = {}
         self.upstreams = UpstreamRegistry()
         self.health = HealthChecker()
+        self.access_log: AccessLog | None = AccessLog(config.access_log) if config.access_log else None
         self.admin: AdminServer | None = None
         self.ready = False
         self.started_at = time.time()
         self._sockets = sockets or {}
         self._stop: asyncio.Event | None = None
+        self._retiring: set[asyncio.Task[object]] = set()
+        self._reload_lock = asyncio.Lock()
+        self.reloads = {"success": 0, "failure": 0}
+        self.last_reload_success = time.time()
 
     async def start(self) -> None:
         """Build and bind everything. Raises OSError if an address can't be bound."""
@@ -49,13 +57,7 @@ class Daemon:
         self.health.start(self.pools.values())
         try:
             for listener_config in config.listeners:
-                sock = self._sockets.get(listener_config.name)
-                listener: BaseListener
-                if listener_config.mode == "tcp":
-                    assert listener_config.pool is not None
-                    listener = TcpListener(listener_config, self.pools[listener_config.pool], sock=sock)
-                else:
-                    listener = HttpListener(listener_config, self.pools, self.upstreams, sock=sock)
+                listener = self.make_listener(listener_config)
                 self.listeners[listener_config.name] = listener
                 await listener.start()
             if config.admin is not None:
@@ -68,6 +70,66 @@ class Daemon:
         log.info(
             "lbproxy %s running: %d listeners, %d pools", __version__, len(self.listeners), len(self.pools)
         )
+
+    def make_listener(self, config: ListenerConfig) -> BaseListener:
+        """A listener for ``config`` (not started), wired to this daemon's pools."""
+        sock = self._sockets.get(config.name)
+        if config.mode == "tcp":
+            assert config.pool is not None
+            return TcpListener(config, self.pools[config.pool], sock=sock)
+        return HttpListener(config, self.pools, self.upstreams, access_log=self.access_log, sock=sock)
+
+    def retire(self, listener: BaseListener) -> None:
+        """Drain a listener that left the config, in the background, bounded by drain_timeout."""
+        task = asyncio.get_running_loop().create_task(listener.drain(self.config.drain_timeout))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def reload(self, config: Config) -> list[str]:
+        """Apply a validated config in place; returns notes on settings that need a restart.
+
+        Counted in ``lbproxy_config_reloads_total``. Raises OSError if a new listener can't bind.
+        """
+        from lbproxy.runtime.reload import apply
+
+        try:
+            notes = await apply(self, config)
+        except OSError:
+            self.reloads["failure"] += 1
+            raise
+        self.reloads["success"] += 1
+        self.last_reload_success = time.time()
+        log.info("configuration reloaded from %s", config.source)
+        return notes
+
+    async def reload_from_file(self, path: str | None = None) -> tuple[bool, list[str]]:
+        """Re-read the config file; an invalid one is refused and the running config kept.
+
+        Returns ``(applied, messages)``: the problems (as ``lbproxy check`` prints them) when
+        refused, or the restart notes when applied.
+        """
+        async with self._reload_lock:
+            source = path or self.config.source
+            try:
+                config = load_config(source)
+            except ConfigError as exc:
+                self.reloads["failure"] += 1
+                for problem in exc.problems:
+                    log.error("reload refused: %s", problem)
+                log.error("reload refused: %d error(s) in %s; the running configuration is kept", len(exc.problems), source)
+                return False, exc.problems
+            try:
+                notes = await self.reload(config)
+            except OSError as exc:
+                log.error("reload: could not open a listener: %s", exc)
+                return False, [f"{source}: cannot bind: {exc}"]
+            return True, notes
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload the config file in the background (one reload at a time)."""
+        task = asyncio.get_running_loop().create_task(self.reload_from_file())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (safe to call from a signal handler, more than once)."""
@@ -91,10 +153,14 @@ class Daemon:
         timeout = self.config.drain_timeout
         log.info("shutdown: draining connections for up to %.1fs", timeout)
         results = await asyncio.gather(*(listener.drain(timeout) for listener in self.listeners.values()))
+        if self._retiring:
+            await asyncio.wait(list(self._retiring), timeout=timeout)
         self.upstreams.close_all()
         await self.health.stop()
         if self.admin is not None:
             await self.admin.close()
+        if self.access_log is not None:
+            self.access_log.close()
         aborted = sum(results)
         log.info("shutdown complete (%d connections aborted)", aborted)
         return aborted
@@ -105,6 +171,12 @@ class Daemon:
             listener.stop_accepting()
         if self.admin is not None:
             await self.admin.close()
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen the access log file (logrotate)."""
+        if self.access_log is not None:
+            log.info("reopening the access log")
+            self.access_log.reopen()
 
     def listener_address(self, name: str) -> tuple[str, int]:
         """``(host, port)`` a listener is bound to; handy with port 0."""
