@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lbproxy import __version__
+from lbproxy.admin.dashboard import PAGE
 from lbproxy.admin.metrics import CONTENT_TYPE, make_registry, render
 from lbproxy.l7.listener import HttpListener
 from lbproxy.l7.responses import status_line
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lbproxy.admin")
 
+DASHBOARD = PAGE.encode("utf-8")
 MAX_HEAD = 8192
 MAX_BODY = 4096
 HEAD_TIMEOUT = 5.0
@@ -139,6 +141,7 @@ class AdminServer:
             "/readyz": self._readyz,
             "/metrics": self._metrics,
             "/status": self._status,
+            "/": self._dashboard,
         }
         handler = routes.get(request.path)
         if handler is not None:
@@ -188,6 +191,9 @@ class AdminServer:
                 backend.weight = weight
         view = self.daemon.backend_status(pool, backend)
         return 200, "application/json", json.dumps(view).encode() + b"\n"
+
+    def _dashboard(self) -> tuple[int, str, bytes]:
+        return 200, "text/html; charset=utf-8", DASHBOARD
 
     def _healthz(self) -> tuple[int, str, bytes]:
         return 200, "text/plain", b"ok\n"

@@ -77,6 +77,7 @@ class Backend:
         "observer",
         "transitions",
         "errors",
+        "responses_5xx",
     )
 
     def __init__(self, config: BackendConfig, pool_name: str) -> None:
@@ -104,6 +105,7 @@ class Backend:
         self.observer: OutcomeObserver | None = None
         self.transitions: dict[str, int] = {}  # state value -> times entered
         self.errors: dict[str, int] = {}  # UpstreamError.kind -> count
+        self.responses_5xx = 0
 
     @property
     def available(self) -> bool:
@@ -144,6 +146,7 @@ class Backend:
         """An L7 response status from this backend (5xx counts toward outlier ejection)."""
         self.consecutive_failures = 0
         if status >= 500:
+            self.responses_5xx += 1
             self.consecutive_5xx += 1
             if self.observer is not None:
                 self.observer.on_5xx(self)

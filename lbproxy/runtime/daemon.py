@@ -195,6 +195,8 @@ class Daemon:
             "active": backend.active,
             "connections_total": backend.connections_total,
             "failures_total": backend.failures_total,
+            "responses_5xx": backend.responses_5xx,
+            "errors": dict(backend.errors),
         }
         health = self.health.pools.get(pool.name)
         record = health.records.get(backend) if health is not None else None
