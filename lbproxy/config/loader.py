@@ -26,8 +26,15 @@ from lbproxy.config.model import (
     BackendConfig,
     Config,
     CookieConfig,
+    HashOn,
+    HeaderActions,
     HealthCheckConfig,
     OutlierConfig,
+    RedirectConfig,
+    RewriteConfig,
+    SplitCookieConfig,
+    SplitTarget,
+    ValueMatch,
     HttpLimits,
     ListenerConfig,
     MatchConfig,
@@ -63,6 +70,7 @@ _POOL_KEYS = (
     "idle_connection_timeout",
     "proxy_protocol",
     "cookie",
+    "hash_on",
 )
 _BACKEND_KEYS = ("address", "weight", "max_connections", "proxy_protocol")
 _HEALTH_KEYS = (
@@ -99,8 +107,37 @@ _LISTENER_KEYS = (
     "trusted_proxies",
     "limits",
 )
-_ROUTE_KEYS = ("name", "match", "pool")
-_MATCH_KEYS = ("host", "path_prefix", "path")
+_ROUTE_KEYS = (
+    "name",
+    "match",
+    "pool",
+    "split",
+    "split_cookie",
+    "rewrite",
+    "redirect",
+    "headers",
+    "timeout",
+    "retries",
+)
+_MATCH_KEYS = (
+    "host",
+    "path_prefix",
+    "path_separated_prefix",
+    "path",
+    "path_regex",
+    "method",
+    "headers",
+    "query",
+)
+_SPLIT_KEYS = ("pool", "weight")
+_SPLIT_COOKIE_KEYS = ("name", "path", "max_age", "http_only", "secure", "same_site")
+_REWRITE_KEYS = ("path_prefix", "strip_prefix", "host")
+_REDIRECT_KEYS = ("status", "scheme", "host", "port", "path", "path_prefix", "strip_query")
+_ROUTE_HEADERS_KEYS = ("request", "response")
+_HEADER_ACTION_KEYS = ("set", "add", "remove")
+_VALUE_MATCH_KEYS = ("exact", "regex", "present")
+_HASH_ON_KEYS = ("cookie", "header")
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _LIMITS_KEYS = (
     "max_header_bytes",
     "max_header_count",
@@ -688,6 +725,7 @@ def _build_pool(ctx: _Context, name: str, value: Any, path: str, line: int) -> P
             "proxy_protocol", _choice(("v1", "v2")), default.proxy_protocol
         ),
         cookie=_build_cookie(sec),
+        hash_on=_build_hash_on(sec),
     )
     return pool if backends is not None else None
 
@@ -985,21 +1023,273 @@ def _build_route(ctx: _Context, value: Any, path: str, line: int, index: int) ->
         return None
     name = sec.get("name", _name, f"route{index}")
     match = _build_match(sec)
-    pool = sec.require("pool", _str)
-    if pool is None or not _check_pool_ref(sec, "pool", pool, ctx):
+    actions = [key for key in ("pool", "split", "redirect") if sec.node.get(key) is not None]
+    if not actions:
+        sec.missing("pool", "(a route needs one of pool, split or redirect)")
         return None
-    return RouteConfig(pool=pool, match=match, name=name)
+    if len(actions) > 1:
+        sec.error(actions[1], f"a route takes one of pool, split or redirect, not {' and '.join(actions)}")
+        return None
+    pool: str | None = None
+    split: tuple[SplitTarget, ...] = ()
+    redirect: RedirectConfig | None = None
+    ok = True
+    if actions[0] == "pool":
+        pool = sec.require("pool", _str)
+        ok = pool is not None and _check_pool_ref(sec, "pool", pool, ctx)
+    elif actions[0] == "split":
+        built = _build_split(sec, ctx)
+        ok = built is not None
+        split = built or ()
+    else:
+        redirect = _build_redirect(sec)
+        ok = redirect is not None
+    split_cookie = None
+    switch = _switchable(sec, "split_cookie")
+    if switch is True:
+        split_cookie = SplitCookieConfig()
+    elif switch is None:
+        split_cookie = _build_split_cookie(sec)
+    if split_cookie is not None and not split:
+        sec.error("split_cookie", "split_cookie needs a split")
+    rewrite = _build_rewrite(sec)
+    if rewrite is not None and rewrite.path_prefix is not None:
+        if match.path_prefix is None and match.path_separated_prefix is None:
+            sec.error("rewrite", "rewrite.path_prefix replaces the matched prefix: the match needs path_prefix or path_separated_prefix")
+    if redirect is not None and redirect.path_prefix is not None:
+        if match.path_prefix is None and match.path_separated_prefix is None:
+            sec.error("redirect", "redirect.path_prefix replaces the matched prefix: the match needs path_prefix or path_separated_prefix")
+    request_headers, response_headers = _build_route_headers(sec)
+    timeout = sec.get("timeout", _duration(positive=True), None)
+    retries = sec.get("retries", _int(0, 100), None)
+    if not ok:
+        return None
+    return RouteConfig(
+        pool=pool,
+        match=match,
+        name=name,
+        split=split,
+        split_cookie=split_cookie,
+        rewrite=rewrite,
+        redirect=redirect,
+        request_headers=request_headers,
+        response_headers=response_headers,
+        timeout=timeout,
+        retries=retries,
+    )
+
+
+def _build_split(route: _Section, ctx: _Context) -> tuple[SplitTarget, ...] | None:
+    items = route.items("split")
+    if items is None:
+        return None
+    if len(items) < 1:
+        route.error("split", "a split needs at least one {pool, weight}")
+        return None
+    targets: list[SplitTarget] = []
+    for line, path, value in items:
+        sec = _as_section(route.problems, value, path, line, _SPLIT_KEYS)
+        if sec is None:
+            continue
+        pool = sec.require("pool", _str)
+        weight = sec.get("weight", _int(0, 1_000_000), 1)
+        if pool is None or not _check_pool_ref(sec, "pool", pool, ctx):
+            continue
+        targets.append(SplitTarget(pool=pool, weight=weight))
+    if len(targets) != len(items):
+        return None
+    if not any(t.weight for t in targets):
+        route.error("split", "at least one split weight must be greater than 0")
+        return None
+    return tuple(targets)
+
+
+def _build_split_cookie(route: _Section) -> SplitCookieConfig | None:
+    sec = route.section("split_cookie", _SPLIT_COOKIE_KEYS)
+    if sec is None:
+        return None
+    default = SplitCookieConfig()
+    name = sec.get("name", _str, default.name)
+    if not _COOKIE_NAME_RE.fullmatch(name):
+        sec.error("name", f"invalid cookie name {name!r}")
+    same_site = sec.node.get("same_site", default.same_site)
+    return SplitCookieConfig(
+        name=name,
+        path=sec.get("path", _url_path, default.path),
+        max_age=sec.get("max_age", _int(0), default.max_age),
+        http_only=sec.get("http_only", _bool, default.http_only),
+        secure=sec.get("secure", _bool, default.secure),
+        same_site=None if same_site is None else sec.get(  # type: ignore[arg-type]
+            "same_site", _choice(("Strict", "Lax", "None"), ignore_case=True), default.same_site
+        ),
+    )
+
+
+def _build_rewrite(route: _Section) -> RewriteConfig | None:
+    sec = route.section("rewrite", _REWRITE_KEYS)
+    if sec is None:
+        return None
+    return RewriteConfig(
+        path_prefix=sec.get("path_prefix", _url_path, None),
+        strip_prefix=sec.get("strip_prefix", _url_path, None),
+        host=sec.get("host", _token, None),
+    )
+
+
+def _build_redirect(route: _Section) -> RedirectConfig | None:
+    sec = route.section("redirect", _REDIRECT_KEYS)
+    if sec is None:
+        return None
+    default = RedirectConfig()
+    status = sec.get("status", _int(300, 399), default.status)
+    if status not in (301, 302, 303, 307, 308):
+        sec.error("status", f"redirect status must be 301, 302, 303, 307 or 308, got {status}")
+    return RedirectConfig(
+        status=status,
+        scheme=sec.get("scheme", _choice(("http", "https")), None),
+        host=sec.get("host", _token, None),
+        port=sec.get("port", _int(1, 65535), None),
+        path=sec.get("path", _url_path, None),
+        path_prefix=sec.get("path_prefix", _url_path, None),
+        strip_query=sec.get("strip_query", _bool, False),
+    )
+
+
+def _build_route_headers(route: _Section) -> tuple[HeaderActions, HeaderActions]:
+    sec = route.section("headers", _ROUTE_HEADERS_KEYS)
+    if sec is None:
+        return HeaderActions(), HeaderActions()
+    return _build_header_actions(sec, "request"), _build_header_actions(sec, "response")
+
+
+def _build_header_actions(parent: _Section, key: str) -> HeaderActions:
+    sec = parent.section(key, _HEADER_ACTION_KEYS)
+    if sec is None:
+        return HeaderActions()
+
+    def pairs(which: str) -> tuple[tuple[str, str], ...]:
+        value = sec.node.get(which)
+        if value is None:
+            return ()
+        if not isinstance(value, _Map):
+            sec.error(which, f"expected a mapping of header name to value, got {describe(value)}")
+            return ()
+        out = []
+        for name, item in value.items():
+            if not isinstance(name, str) or not _HEADER_NAME_RE.fullmatch(name):
+                sec.error(which, f"invalid header name {name!r}")
+                continue
+            text = item if isinstance(item, str) else None
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                text = str(item)
+            if text is None or any(c in text for c in "\r\n\0"):
+                sec.error(which, f"invalid value for header {name!r}: expected a single-line string")
+                continue
+            out.append((name, text))
+        return tuple(out)
+
+    remove_value = sec.node.get("remove")
+    removes: list[str] = []
+    if remove_value is not None:
+        names = remove_value if isinstance(remove_value, list) else [remove_value]
+        for name in names:
+            if not isinstance(name, str) or not _HEADER_NAME_RE.fullmatch(name):
+                sec.error("remove", f"invalid header name {name!r}")
+                continue
+            removes.append(name.lower())
+    return HeaderActions(set=pairs("set"), add=pairs("add"), remove=tuple(removes))
 
 
 def _build_match(route: _Section) -> MatchConfig:
     sec = route.section("match", _MATCH_KEYS)
     if sec is None:
         return MatchConfig()
+    regex = sec.get("path_regex", _regex, None)
+    methods_value = sec.node.get("method")
+    methods: list[str] = []
+    if methods_value is not None:
+        for method in methods_value if isinstance(methods_value, list) else [methods_value]:
+            if not isinstance(method, str) or not _METHOD_RE.fullmatch(method):
+                sec.error("method", f"invalid HTTP method {method!r}")
+                continue
+            methods.append(method.upper())
     return MatchConfig(
         host=sec.get("host", _match_host, None),
         path_prefix=sec.get("path_prefix", _url_path, None),
+        path_separated_prefix=sec.get("path_separated_prefix", _separated_prefix, None),
         path=sec.get("path", _url_path, None),
+        path_regex=regex,
+        methods=tuple(methods),
+        headers=_build_value_matches(sec, "headers", lower=True),
+        query=_build_value_matches(sec, "query", lower=False),
     )
+
+
+def _build_value_matches(sec: _Section, key: str, *, lower: bool) -> tuple[ValueMatch, ...]:
+    """``{NAME: "exact"}``, ``{NAME: {regex: RE}}``, ``{NAME: {present: true|false}}``."""
+    value = sec.node.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, _Map):
+        sec.error(key, f"expected a mapping of name to condition, got {describe(value)}")
+        return ()
+    out: list[ValueMatch] = []
+    for name, condition in value.items():
+        path = _join(sec.sub(key), str(name))
+        line = value.key_lines.get(name, value.line)
+        if not isinstance(name, str) or (lower and not _HEADER_NAME_RE.fullmatch(name)):
+            sec.problems.add(line, path, f"invalid name {name!r}")
+            continue
+        match_name = name.lower() if lower else name
+        if isinstance(condition, (str, int, float)) and not isinstance(condition, bool):
+            out.append(ValueMatch(match_name, exact=str(condition)))
+            continue
+        cond = _as_section(sec.problems, condition, path, line, _VALUE_MATCH_KEYS)
+        if cond is None:
+            continue
+        given = [k for k in _VALUE_MATCH_KEYS if cond.node.get(k) is not None]
+        if len(given) != 1:
+            sec.problems.add(line, path, "give exactly one of exact, regex, present")
+            continue
+        which = given[0]
+        if which == "exact":
+            out.append(ValueMatch(match_name, exact=cond.get("exact", _text, "")))
+        elif which == "regex":
+            out.append(ValueMatch(match_name, regex=cond.get("regex", _regex, "")))
+        else:
+            out.append(ValueMatch(match_name, present=cond.get("present", _bool, True)))
+    return tuple(out)
+
+
+def _regex(value: Any) -> str:
+    text = _str(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {text!r}: {exc}") from exc
+    return text
+
+
+def _separated_prefix(value: Any) -> str:
+    text = _url_path(value)
+    if len(text) > 1 and text.endswith("/"):
+        raise ValueError(f"path_separated_prefix must not end with '/', got {text!r} (it matches {text.rstrip('/')} and {text.rstrip('/')}/...)")
+    return text
+
+
+def _build_hash_on(pool: _Section) -> HashOn | None:
+    sec = pool.section("hash_on", _HASH_ON_KEYS)
+    if sec is None:
+        return None
+    cookie = sec.get("cookie", _str, None)
+    header = sec.get("header", _str, None)
+    if (cookie is None) == (header is None):
+        sec.error("cookie" if cookie is not None else "header", "give exactly one of cookie or header")
+        return None
+    if header is not None and not _HEADER_NAME_RE.fullmatch(header):
+        sec.error("header", f"invalid header name {header!r}")
+        return None
+    return HashOn(cookie=cookie, header=header.lower() if header else None)
 
 
 def _build_limits(listener: _Section) -> HttpLimits:

@@ -98,6 +98,17 @@ class PoolConfig:
     idle_connection_timeout: float = 60.0  # an idle upstream connection older than this is closed
     proxy_protocol: ProxyProtocolVersion | None = None
     cookie: CookieConfig = field(default_factory=CookieConfig)
+    hash_on: HashOn | None = None  # ip_hash: hash this instead of the client address when present
+
+
+@dataclass(frozen=True, slots=True)
+class ValueMatch:
+    """A header or query-parameter condition: exactly one of exact, regex, present is set."""
+
+    name: str  # header names lowercased; query parameter names as written
+    exact: str | None = None
+    regex: str | None = None
+    present: bool | None = None  # True: must be present; False: must be absent
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,15 +116,87 @@ class MatchConfig:
     """All given conditions must hold; an empty match takes everything."""
 
     host: str | None = None  # exact, case-insensitive, port ignored; "*.example.com" wildcard
-    path_prefix: str | None = None
+    path_prefix: str | None = None  # plain string prefix of the normalised path
+    path_separated_prefix: str | None = None  # segment-aware: /api matches /api and /api/x, not /apix
     path: str | None = None  # exact
+    path_regex: str | None = None  # re.search on the normalised path (anchor it with ^ and $)
+    methods: tuple[str, ...] = ()  # upper-case; empty: any
+    headers: tuple[ValueMatch, ...] = ()
+    query: tuple[ValueMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SplitTarget:
+    pool: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class SplitCookieConfig:
+    """A cookie that keeps a client in the split variant it first got."""
+
+    name: str = "lbproxy_split"
+    path: str = "/"
+    max_age: int | None = None
+    http_only: bool = True
+    secure: bool = False
+    same_site: SameSite | None = "Lax"
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteConfig:
+    path_prefix: str | None = None  # replaces the prefix the route matched (path_prefix or path_separated_prefix)
+    strip_prefix: str | None = None  # removed from the start of the path when present
+    host: str | None = None  # the Host header sent upstream
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectConfig:
+    status: int = 302  # 301 | 302 | 303 | 307 | 308
+    scheme: str | None = None
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None  # replaces the whole path
+    path_prefix: str | None = None  # replaces the prefix the route matched
+    strip_query: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderActions:
+    set: tuple[tuple[str, str], ...] = ()  # replace (or add) the header
+    add: tuple[tuple[str, str], ...] = ()  # append another field
+    remove: tuple[str, ...] = ()  # lowercased names
 
 
 @dataclass(frozen=True, slots=True)
 class RouteConfig:
-    pool: str
+    """A match and one action: ``pool``, ``split`` or ``redirect``."""
+
+    pool: str | None = None
     match: MatchConfig = field(default_factory=MatchConfig)
     name: str | None = None  # for metrics and logs; defaults to "route<index>"
+    split: tuple[SplitTarget, ...] = ()
+    split_cookie: SplitCookieConfig | None = None
+    rewrite: RewriteConfig | None = None
+    redirect: RedirectConfig | None = None
+    request_headers: HeaderActions = field(default_factory=HeaderActions)
+    response_headers: HeaderActions = field(default_factory=HeaderActions)
+    timeout: float | None = None  # overrides the pool's response_timeout
+    retries: int | None = None  # overrides the pool's retries
+
+    def pools(self) -> tuple[str, ...]:
+        """Every pool this route can send to."""
+        if self.pool is not None:
+            return (self.pool,)
+        return tuple(t.pool for t in self.split)
+
+
+@dataclass(frozen=True, slots=True)
+class HashOn:
+    """What hashing strategies hash for affinity: a cookie or a header, else the client address."""
+
+    cookie: str | None = None
+    header: str | None = None  # lowercased
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""Request routing for http listeners: pure matching and actions (no I/O)."""
