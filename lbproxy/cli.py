@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file and exit")
     check.add_argument("-c", "--config", required=True, help="YAML config file")
 
+    explain = sub.add_parser("explain", help="show which route a request takes, without contacting backends")
+    explain.add_argument("-c", "--config", required=True, help="YAML config file")
+    explain.add_argument("request", help="e.g. 'GET http://shop.example.com/api/payments?x=1'")
+    explain.add_argument("-H", "--header", action="append", default=[], help="a request header, 'Name: value'")
+    explain.add_argument("--listener", help="the http listener to use (default: by port, else the first)")
+
     demo = sub.add_parser("demo", help="start demo backends and a load balancer in front of them")
     demo.add_argument("--http-port", type=int, default=8080)
     demo.add_argument("--tcp-port", type=int, default=7000)
@@ -76,6 +82,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     print(summarize(config))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    from lbproxy.explain import ExplainError, explain
+
+    try:
+        print(explain(config, args.request, args.header, args.listener), end="")
+    except ExplainError as exc:
+        print(f"lbproxy explain: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -132,7 +152,7 @@ def _install_signals(daemon: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "check": cmd_check, "demo": cmd_demo}
+    handlers = {"run": cmd_run, "check": cmd_check, "demo": cmd_demo, "explain": cmd_explain}
     return handlers[args.command](args)
 
 
