@@ -10,8 +10,9 @@ from lbproxy.demo.backends import EchoHttpProtocol
 class RestartableBackend:
     """An echo HTTP backend on a fixed loopback port; ``stop`` closes it and its connections."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, host: str = "127.0.0.1") -> None:
         self.name = name
+        self.host = host
         self.port = 0
         self.server: asyncio.AbstractServer | None = None
         self.protocols: set[EchoHttpProtocol] = set()
@@ -20,7 +21,7 @@ class RestartableBackend:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(self._make, "127.0.0.1", self.port)
+        self.server = await loop.create_server(self._make, self.host, self.port)
         self.port = self.server.sockets[0].getsockname()[1]
 
     def _make(self) -> asyncio.Protocol:
@@ -58,4 +59,4 @@ class RestartableBackend:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"

@@ -26,6 +26,7 @@ from lbproxy.config.model import (
     BackendConfig,
     Config,
     CookieConfig,
+    DnsConfig,
     HashOn,
     HeaderActions,
     HealthCheckConfig,
@@ -106,6 +107,10 @@ _LISTENER_KEYS = (
     "proxy_protocol_from",
     "trusted_proxies",
     "limits",
+    "zone",
+    "ttl",
+    "max_answers",
+    "records",
 )
 _ROUTE_KEYS = (
     "name",
@@ -922,11 +927,18 @@ def _build_listener(sec: _Section, ctx: _Context, name: str | None) -> ListenerC
     if bind is not None:
         label = f"listener '{name}'" if name else f"listener {sec.path}"
         ctx.binds.append(_Bind(bind, sec.line("bind"), sec.sub("bind"), label))
-    mode = sec.require("mode", _choice(("http", "tcp"))) if "mode" in sec.node else "http"
+    mode = sec.require("mode", _choice(("http", "tcp", "dns"))) if "mode" in sec.node else "http"
     pool: str | None = None
     routes: tuple[RouteConfig, ...] = ()
+    dns: DnsConfig | None = None
     shape_ok = False
-    if mode is not None:
+    if mode == "dns":
+        dns = _build_dns(sec, ctx)
+        shape_ok = dns is not None
+    elif mode is not None:
+        for key in ("zone", "ttl", "max_answers", "records"):
+            if key in sec.node:
+                sec.error(key, f"'{key}' is for dns listeners only")
         pool, routes, shape_ok = _listener_targets(sec, ctx, mode)
     default = _LISTENER_DEFAULTS
     max_connections = sec.get("max_connections", _int(1), default.max_connections)
@@ -951,7 +963,54 @@ def _build_listener(sec: _Section, ctx: _Context, name: str | None) -> ListenerC
         proxy_protocol_from=proxy_from,
         trusted_proxies=trusted_proxies,
         limits=limits,
+        dns=dns,
     )
+
+
+def _build_dns(sec: _Section, ctx: _Context) -> DnsConfig | None:
+    """``zone``, ``records`` (name -> pool), ``ttl`` and ``max_answers`` of a dns listener."""
+    for key in ("pool", "routes"):
+        if key in sec.node:
+            sec.error(key, f"a dns listener cannot have '{key}'; map names to pools under 'records'")
+    zone = sec.require("zone", _dns_zone, " (the domain this listener answers for)")
+    ttl = sec.get("ttl", _int(0, 86400), 5)
+    max_answers = sec.get("max_answers", _int(1, 64), 8)
+    value = sec.node.get("records")
+    if value is None:
+        sec.missing("records", " (a mapping of names to pools)")
+        return None
+    if not isinstance(value, _Map) or not value:
+        sec.error("records", f"expected a non-empty mapping of names to pools, got {describe(value)}")
+        return None
+    records: list[tuple[str, str]] = []
+    ok = zone is not None
+    for name, pool in value.items():
+        line = value.key_lines.get(name, value.line)
+        path = _join(sec.sub("records"), str(name))
+        if not isinstance(pool, str) or pool not in ctx.pool_names:
+            suggestion = _suggest(str(pool), ctx.pool_names)
+            sec.problems.add(line, path, f"undefined pool '{pool}'{suggestion}")
+            ok = False
+            continue
+        if zone is None:
+            continue
+        text = str(name).lower().rstrip(".")
+        fqdn = zone if text == "@" else (text if text == zone or text.endswith("." + zone) else f"{text}.{zone}")
+        if not is_dns_name(fqdn):
+            sec.problems.add(line, path, f"invalid DNS name {name!r}")
+            ok = False
+            continue
+        records.append((fqdn, pool))
+    if not ok or zone is None:
+        return None
+    return DnsConfig(zone=zone, records=tuple(records), ttl=ttl, max_answers=max_answers)
+
+
+def _dns_zone(value: Any) -> str:
+    text = _str(value).lower().rstrip(".")
+    if not is_dns_name(text) or "." not in text:
+        raise ValueError(f"invalid zone {value!r}: expected a domain name such as 'svc.example.com'")
+    return text
 
 
 def _listener_targets(

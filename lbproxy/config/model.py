@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-ListenerMode = Literal["http", "tcp"]
+ListenerMode = Literal["http", "tcp", "dns"]
 ProxyProtocolVersion = Literal["v1", "v2"]
 HealthCheckType = Literal["tcp", "http"]
 AccessLogFormat = Literal["combined", "json"]
@@ -210,6 +210,16 @@ class HttpLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """A ``mode: dns`` listener: answers A/AAAA for names under ``zone`` with healthy backends."""
+
+    zone: str  # lower-case, no trailing dot
+    records: tuple[tuple[str, str], ...]  # (fully qualified lower-case name, pool)
+    ttl: int = 5  # seconds; short, so clients come back for the current healthy set
+    max_answers: int = 8  # addresses per answer
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerConfig:
     name: str
     bind: Address
@@ -223,6 +233,7 @@ class ListenerConfig:
     proxy_protocol_from: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # trusted senders (CIDR)
     trusted_proxies: tuple[str, ...] = ()  # http: X-Forwarded-* kept only from these (CIDR)
     limits: HttpLimits = field(default_factory=HttpLimits)
+    dns: DnsConfig | None = None  # dns listeners: required
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,6 +77,10 @@ class Daemon:
         if config.mode == "tcp":
             assert config.pool is not None
             return TcpListener(config, self.pools[config.pool], sock=sock)
+        if config.mode == "dns":
+            from lbproxy.dns.listener import DnsListener
+
+            return DnsListener(config, self.pools, sock=sock)
         return HttpListener(config, self.pools, self.upstreams, access_log=self.access_log, sock=sock)
 
     def retire(self, listener: BaseListener) -> None:

@@ -96,6 +96,8 @@ async def _reconcile_listeners(daemon: Daemon, new: Config) -> None:
                 listener.config = config
                 listener.pool = daemon.pools[config.pool]
                 listener.idle_timeout = config.idle_timeout
+            elif config.mode == "dns":
+                listener.update(config)  # type: ignore[attr-defined]
             listener.proxy_protocol_from = NetworkSet(config.proxy_protocol_from)
             continue
         # removed, or rebound: stop accepting now, let its connections finish in the background
