@@ -27,6 +27,10 @@ from lbproxy.config.model import (
     Config,
     CookieConfig,
     DnsConfig,
+    SniRoute,
+    TlsCertificate,
+    TlsServerConfig,
+    UpstreamTlsConfig,
     HashOn,
     HeaderActions,
     HealthCheckConfig,
@@ -72,6 +76,7 @@ _POOL_KEYS = (
     "proxy_protocol",
     "cookie",
     "hash_on",
+    "tls",
 )
 _BACKEND_KEYS = ("address", "weight", "max_connections", "proxy_protocol")
 _HEALTH_KEYS = (
@@ -111,7 +116,15 @@ _LISTENER_KEYS = (
     "ttl",
     "max_answers",
     "records",
+    "tls",
+    "redirect_https",
+    "sni_routes",
+    "client_hello_timeout",
 )
+_TLS_SERVER_KEYS = ("certificates", "min_version", "alpn")
+_TLS_CERT_KEYS = ("cert", "key")
+_TLS_UPSTREAM_KEYS = ("verify", "ca_file", "server_name")
+_SNI_ROUTE_KEYS = ("server_name", "pool")
 _ROUTE_KEYS = (
     "name",
     "match",
@@ -731,6 +744,7 @@ def _build_pool(ctx: _Context, name: str, value: Any, path: str, line: int) -> P
         ),
         cookie=_build_cookie(sec),
         hash_on=_build_hash_on(sec),
+        tls=_build_upstream_tls(sec),
     )
     return pool if backends is not None else None
 
@@ -948,6 +962,20 @@ def _build_listener(sec: _Section, ctx: _Context, name: str | None) -> ListenerC
     proxy_from = sec.get("proxy_protocol_from", _cidrs, default.proxy_protocol_from)
     trusted_proxies = sec.get("trusted_proxies", _cidrs, default.trusted_proxies)
     limits = _build_limits(sec)
+    tls = _build_server_tls(sec) if mode == "http" else None
+    redirect_https = sec.get("redirect_https", _bool, False)
+    client_hello_timeout = sec.get("client_hello_timeout", _duration(positive=True), 5.0)
+    sni_routes = _build_sni_routes(sec, ctx) if mode == "tcp" else ()
+    if mode != "http":
+        for key in ("tls", "redirect_https"):
+            if key in sec.node:
+                sec.error(key, f"'{key}' is for http listeners (a tcp listener passes TLS through: use sni_routes)")
+    if mode != "tcp" and "sni_routes" in sec.node:
+        sec.error("sni_routes", "'sni_routes' is for tcp listeners")
+    if tls is not None and redirect_https:
+        sec.error("redirect_https", "a listener that terminates TLS cannot also redirect to https")
+    if sni_routes is None:
+        return None
     if name is None or bind is None or mode is None or not shape_ok:
         return None
     return ListenerConfig(
@@ -964,7 +992,106 @@ def _build_listener(sec: _Section, ctx: _Context, name: str | None) -> ListenerC
         trusted_proxies=trusted_proxies,
         limits=limits,
         dns=dns,
+        tls=tls,
+        redirect_https=redirect_https,
+        sni_routes=sni_routes,
+        client_hello_timeout=client_hello_timeout,
     )
+
+
+def _build_server_tls(listener: _Section) -> TlsServerConfig | None:
+    sec = listener.section("tls", _TLS_SERVER_KEYS)
+    if sec is None:
+        return None
+    items = sec.items("certificates")
+    if items is None:
+        if "certificates" not in sec.node:
+            sec.missing("certificates", " (a list of {cert, key} PEM files; the first is the default)")
+        return None
+    certificates: list[TlsCertificate] = []
+    for line, path, value in items:
+        cert_sec = _as_section(sec.problems, value, path, line, _TLS_CERT_KEYS)
+        if cert_sec is None:
+            continue
+        cert = cert_sec.require("cert", _str)
+        key = cert_sec.require("key", _str)
+        if cert is not None and key is not None:
+            certificates.append(TlsCertificate(cert=_resolve_path(sec, cert), key=_resolve_path(sec, key)))
+    if not items:
+        sec.error("certificates", "at least one certificate is required")
+        return None
+    if len(certificates) != len(items):
+        return None
+    alpn_value = sec.node.get("alpn", ["http/1.1"])
+    alpn = tuple(alpn_value) if isinstance(alpn_value, list) and all(isinstance(a, str) for a in alpn_value) else None
+    if alpn is None:
+        sec.error("alpn", "expected a list of protocol names, e.g. [http/1.1]")
+        alpn = ("http/1.1",)
+    config = TlsServerConfig(
+        certificates=tuple(certificates),
+        min_version=sec.get("min_version", _choice(("1.2", "1.3")), "1.2"),  # type: ignore[arg-type]
+        alpn=alpn,
+    )
+    from lbproxy.tls.contexts import ServerTls, TlsError
+
+    try:
+        ServerTls(config)
+    except TlsError as exc:
+        sec.error("certificates", str(exc))
+        return None
+    return config
+
+
+def _resolve_path(sec: _Section, path: str) -> str:
+    """Relative paths are relative to the config file's directory."""
+    import os
+
+    source = sec.problems.source
+    if os.path.isabs(path) or source.startswith("<"):
+        return path
+    return os.path.join(os.path.dirname(os.path.abspath(source)), path)
+
+
+def _build_upstream_tls(pool: _Section) -> UpstreamTlsConfig | None:
+    switch = _switchable(pool, "tls")
+    if switch is not None:
+        return UpstreamTlsConfig() if switch else None
+    sec = pool.section("tls", _TLS_UPSTREAM_KEYS)
+    if sec is None:
+        return None
+    ca_file = sec.get("ca_file", _str, None)
+    config = UpstreamTlsConfig(
+        verify=sec.get("verify", _bool, True),
+        ca_file=_resolve_path(sec, ca_file) if ca_file is not None else None,
+        server_name=sec.get("server_name", _token, None),
+    )
+    from lbproxy.tls.contexts import TlsError, upstream_context
+
+    try:
+        upstream_context(config)
+    except TlsError as exc:
+        sec.error("ca_file", str(exc))
+        return None
+    return config
+
+
+def _build_sni_routes(listener: _Section, ctx: _Context) -> tuple[SniRoute, ...] | None:
+    if "sni_routes" not in listener.node:
+        return ()
+    items = listener.items("sni_routes")
+    if items is None:
+        return None
+    routes: list[SniRoute] = []
+    for line, path, value in items:
+        sec = _as_section(listener.problems, value, path, line, _SNI_ROUTE_KEYS)
+        if sec is None:
+            continue
+        name = sec.require("server_name", _match_host)
+        pool = sec.require("pool", _str)
+        if name is None or pool is None or not _check_pool_ref(sec, "pool", pool, ctx):
+            continue
+        routes.append(SniRoute(server_name=name, pool=pool))
+    return tuple(routes) if len(routes) == len(items) else None
 
 
 def _build_dns(sec: _Section, ctx: _Context) -> DnsConfig | None:

@@ -99,6 +99,7 @@ class PoolConfig:
     proxy_protocol: ProxyProtocolVersion | None = None
     cookie: CookieConfig = field(default_factory=CookieConfig)
     hash_on: HashOn | None = None  # ip_hash: hash this instead of the client address when present
+    tls: UpstreamTlsConfig | None = None  # speak TLS to the backends
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +211,36 @@ class HttpLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsCertificate:
+    cert: str  # PEM file: the certificate (chain)
+    key: str  # PEM file: its private key
+
+
+@dataclass(frozen=True, slots=True)
+class TlsServerConfig:
+    """TLS termination on an http listener: the first certificate is the default."""
+
+    certificates: tuple[TlsCertificate, ...]
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    alpn: tuple[str, ...] = ("http/1.1",)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTlsConfig:
+    """TLS from lbproxy to a pool's backends (and its health checks)."""
+
+    verify: bool = True
+    ca_file: str | None = None  # None: the system's trust store
+    server_name: str | None = None  # SNI and the name verified; None: the backend's host
+
+
+@dataclass(frozen=True, slots=True)
+class SniRoute:
+    server_name: str  # exact or "*.example.com", lower-case
+    pool: str
+
+
+@dataclass(frozen=True, slots=True)
 class DnsConfig:
     """A ``mode: dns`` listener: answers A/AAAA for names under ``zone`` with healthy backends."""
 
@@ -234,6 +265,10 @@ class ListenerConfig:
     trusted_proxies: tuple[str, ...] = ()  # http: X-Forwarded-* kept only from these (CIDR)
     limits: HttpLimits = field(default_factory=HttpLimits)
     dns: DnsConfig | None = None  # dns listeners: required
+    tls: TlsServerConfig | None = None  # http listeners: terminate TLS
+    redirect_https: bool = False  # http listeners without tls: answer 308 to https://
+    sni_routes: tuple[SniRoute, ...] = ()  # tcp listeners: pick the pool by the ClientHello's SNI
+    client_hello_timeout: float = 5.0  # tcp listeners with sni_routes
 
 
 @dataclass(frozen=True, slots=True)

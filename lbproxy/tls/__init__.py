@@ -1,0 +1,1 @@
+"""TLS: server contexts with SNI certificate selection, ClientHello SNI peeking, upstream contexts."""
