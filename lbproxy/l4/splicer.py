@@ -3,12 +3,22 @@
 How this works:
 - ``TcpSession`` is the downstream protocol; it owns one ``TcpUpstream`` once the dial succeeds.
 - Until the upstream is connected the client socket is paused (at most one read is buffered).
+- A ``TcpUpstream`` forwards its events only while its ``session`` is set: a connection that the
+  session gave up on (connect timeout lost the race, client gone) is detached, so its late bytes
+  or close never reach the client.
 - Backpressure: when one side's transport asks us to pause writing, we pause reading the other
   side, and resume it on ``resume_writing``. Buffers are bounded by the transports' high-water marks.
+- PROXY header (``accept_proxy_protocol``): read before anything else, within a fixed deadline
+  (``PROXY_HEADER_TIMEOUT`` or the idle timeout, whichever is shorter; trickled bytes don't extend
+  it); the address it carries replaces the socket's peer for balancing, logs and the header we
+  send on.
 - Half-close: EOF from one side becomes ``write_eof`` on the other; the session closes when both
-  sides have sent EOF, or when either side errors (a reset is passed on as an abort).
+  sides have sent EOF, or when either side errors (a reset is passed on as a reset: RST).
 - Idle: one timer per session, re-armed lazily from a ``last_activity`` stamp (no timer churn per
   chunk).
+- Access log (when the listener has one): one line per connection at ``connection_lost``, with
+  the client (the PROXY header's address when there was one), backend, bytes each way, duration
+  and ``termination``: empty for a normal end, else the first reason the session recorded.
 """
 
 from __future__ import annotations
@@ -21,9 +31,10 @@ from lbproxy.errors import UpstreamError
 from lbproxy.net import proxy_protocol
 from lbproxy.net.bind import peer_host
 from lbproxy.net.connect import Dial
-from lbproxy.net.listener import BaseListener
+from lbproxy.net.listener import BaseListener, reset
 
 if TYPE_CHECKING:
+    from lbproxy.accesslog import AccessLog
     from lbproxy.config.model import ListenerConfig
     from lbproxy.pool.backend import Backend
     from lbproxy.pool.pool import Pool
@@ -31,46 +42,73 @@ if TYPE_CHECKING:
 log = logging.getLogger("lbproxy.l4")
 
 PROXY_HEADER_TIMEOUT = 5.0
+"""Seconds a client on an ``accept_proxy_protocol`` tcp listener has to send the whole header."""
 
 
 class TcpListener(BaseListener):
-    """A ``mode: tcp`` listener: each connection is spliced to one backend of ``pool``."""
+    """A ``mode: tcp`` listener: each connection is spliced to one backend of ``pool``.
 
-    def __init__(self, config: ListenerConfig, pool: Pool, **kwargs: object) -> None:
+    ``access_log``, when given, gets one ``log_connection`` call per finished connection.
+    """
+
+    def __init__(
+        self, config: ListenerConfig, pool: Pool, access_log: AccessLog | None = None, **kwargs: object
+    ) -> None:
         super().__init__(config, **kwargs)  # type: ignore[arg-type]
         self.pool = pool
         self.idle_timeout = config.idle_timeout
+        self.access_log = access_log
 
     def protocol_factory(self) -> asyncio.Protocol:
         return TcpSession(self)
 
 
 class TcpUpstream(asyncio.Protocol):
-    """The backend side of a session: forwards everything to the session."""
+    """The backend side of a session: forwards everything to the session while attached.
+
+    ``session`` is None once the session has given up on this connection (``detach``); a
+    detached upstream ignores its events (the Dial or the session closes its transport).
+    """
 
     __slots__ = ("session", "transport")
 
     def __init__(self, session: TcpSession) -> None:
-        self.session = session
+        self.session: TcpSession | None = session
         self.transport: asyncio.Transport | None = None
+
+    def detach(self) -> None:
+        self.session = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.session.upstream_data(data)
+        session = self.session
+        if session is not None:
+            session.upstream_data(data)
 
     def eof_received(self) -> bool:
-        return self.session.upstream_eof()
+        session = self.session
+        if session is None:
+            return False
+        return session.upstream_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.session.upstream_lost(exc)
+        session = self.session
+        if session is not None:
+            session.upstream_lost(exc)
 
     def pause_writing(self) -> None:
-        self.session.pause_downstream_reading()
+        session = self.session
+        if session is not None:
+            session.upstream_full = True
+            session.pause_downstream_reading()
 
     def resume_writing(self) -> None:
-        self.session.resume_downstream_reading()
+        session = self.session
+        if session is not None:
+            session.upstream_full = False
+            session.resume_downstream_reading()
 
 
 class TcpSession(asyncio.Protocol):
@@ -85,6 +123,7 @@ class TcpSession(asyncio.Protocol):
         "client",
         "local",
         "dial",
+        "connecting",
         "tried",
         "pending",
         "header_buffer",
@@ -94,6 +133,12 @@ class TcpSession(asyncio.Protocol):
         "last_activity",
         "idle_timer",
         "down_paused",
+        "upstream_full",
+        "started",
+        "bytes_in",
+        "bytes_out",
+        "backend_label",
+        "termination",
     )
 
     def __init__(self, listener: TcpListener) -> None:
@@ -105,6 +150,7 @@ class TcpSession(asyncio.Protocol):
         self.client: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
         self.dial: Dial | None = None
+        self.connecting: TcpUpstream | None = None
         self.tried: list[Backend] = []
         self.pending: list[bytes] = []
         self.header_buffer: bytes | None = None
@@ -114,27 +160,34 @@ class TcpSession(asyncio.Protocol):
         self.last_activity = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
         self.down_paused = False
+        self.upstream_full = False
+        self.started = 0.0
+        self.bytes_in = 0  # from the client
+        self.bytes_out = 0  # to the client
+        self.backend_label = ""
+        self.termination = ""  # why the connection ended, when not normally (access log)
 
     # -- downstream protocol callbacks -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         if not self.listener.admit(self):
-            transport.abort()
+            reset(transport)  # over max_connections (or stopping): refused
             self.closed = True
             return
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         self.client = (peer_host(peer), peer[1] if isinstance(peer, tuple) else 0)
         self.local = (peer_host(sock), sock[1] if isinstance(sock, tuple) else 0)
-        self.last_activity = self.loop.time()
+        self.last_activity = self.started = self.loop.time()
         if self.listener.config.accept_proxy_protocol:
             if not self.listener.proxy_protocol_from.contains(self.client[0]):
                 log.info("listener %s: PROXY header from untrusted %s refused", self.listener.name, self.client[0])
-                self._close(abort=True)
+                self._end("proxy_header_untrusted")
                 return
             self.header_buffer = b""
-            self._arm_idle(PROXY_HEADER_TIMEOUT)
+            timeout = min(PROXY_HEADER_TIMEOUT, self.listener.idle_timeout)
+            self.idle_timer = self.loop.call_later(timeout, self._on_header_timeout)
             return
         self.transport.pause_reading()  # type: ignore[union-attr]
         self.down_paused = True
@@ -142,7 +195,9 @@ class TcpSession(asyncio.Protocol):
         self._dial_next(None)
 
     def data_received(self, data: bytes) -> None:
-        self.listener.stats.bytes_in += len(data)
+        size = len(data)
+        self.listener.stats.bytes_in += size
+        self.bytes_in += size
         self.last_activity = self.loop.time()
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None:
@@ -170,19 +225,38 @@ class TcpSession(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:  # refused by admit(): never registered, nothing to log
+            return
         self.closed = True
+        if exc is not None and not self.termination:
+            self.termination = "client_reset"
         self.listener.forget(self)
         self._cancel_idle()
         if self.dial is not None:
             self.dial.cancel()
             self.dial = None
+        if self.connecting is not None:
+            self.connecting.detach()
+            self.connecting = None
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None and not upstream.transport.is_closing():
             if exc is not None:
-                upstream.transport.abort()
+                reset(upstream.transport)  # the client reset (or its socket failed): pass it on
             else:
                 upstream.transport.close()
         self._release_backend()
+        access_log = self.listener.access_log
+        if access_log is not None:
+            access_log.log_connection(
+                self.listener.name,
+                self.client[0],
+                self.listener.pool.name,
+                self.backend_label or None,
+                self.bytes_in,
+                self.bytes_out,
+                self.loop.time() - self.started,
+                self.termination,
+            )
 
     def pause_writing(self) -> None:
         upstream = self.upstream
@@ -197,7 +271,9 @@ class TcpSession(asyncio.Protocol):
     # -- upstream events -----------------------------------------------------------------------
 
     def upstream_data(self, data: bytes) -> None:
-        self.listener.stats.bytes_out += len(data)
+        size = len(data)
+        self.listener.stats.bytes_out += size
+        self.bytes_out += size
         self.last_activity = self.loop.time()
         transport = self.transport
         if transport is not None and not transport.is_closing():
@@ -216,7 +292,7 @@ class TcpSession(asyncio.Protocol):
     def upstream_lost(self, exc: Exception | None) -> None:
         self.up_eof = True
         if exc is not None:
-            self._close(abort=True)
+            self._end("backend_reset")
         else:
             self._close()
 
@@ -238,7 +314,7 @@ class TcpSession(asyncio.Protocol):
         """TCP has no message boundary: let the connection run until it ends or drain times out."""
 
     def abort(self) -> None:
-        self._close(abort=True)
+        self._end("shutdown")
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -249,7 +325,7 @@ class TcpSession(asyncio.Protocol):
             parsed = proxy_protocol.parse(buffer)
         except proxy_protocol.ProxyProtocolError as exc:
             log.info("listener %s: bad PROXY header from %s: %s", self.listener.name, self.client[0], exc)
-            self._close(abort=True)
+            self._end("proxy_header_invalid")
             return
         if parsed is None:
             self.header_buffer = buffer
@@ -266,8 +342,16 @@ class TcpSession(asyncio.Protocol):
         assert self.transport is not None
         self.transport.pause_reading()
         self.down_paused = True
+        self.last_activity = self.loop.time()
         self._arm_idle(self.listener.idle_timeout)
         self._dial_next(None)
+
+    def _on_header_timeout(self) -> None:
+        self.idle_timer = None
+        if self.closed or self.header_buffer is None:
+            return
+        log.info("listener %s: no PROXY header from %s in time", self.listener.name, self.client[0])
+        self._end("proxy_header_timeout")
 
     def _dial_next(self, error: UpstreamError | None) -> None:
         pool = self.listener.pool
@@ -280,7 +364,7 @@ class TcpSession(asyncio.Protocol):
                 log.debug("listener %s: no available backend in pool %s", self.listener.name, pool.name)
             else:
                 log.info("listener %s: giving up on pool %s: %s", self.listener.name, pool.name, error)
-            self._close(abort=error is None)
+            self._end("no_backend" if error is None else error.kind)
             return
         self.tried.append(backend)
         backend.acquire()
@@ -289,26 +373,39 @@ class TcpSession(asyncio.Protocol):
             self.loop,
             backend.host,
             backend.port,
-            lambda: TcpUpstream(self),
+            self._new_upstream,
             pool.config.connect_timeout,
             self._on_dialed,
         )
 
-    def _on_dialed(self, upstream: asyncio.Protocol | None, error: UpstreamError | None) -> None:
+    def _new_upstream(self) -> TcpUpstream:
+        upstream = TcpUpstream(self)
+        self.connecting = upstream
+        return upstream
+
+    def _on_dialed(self, upstream: TcpUpstream | None, error: UpstreamError | None) -> None:
+        """The Dial finished: attach ``upstream``, or count the failure and try the next backend."""
         self.dial = None
-        if self.closed:
-            if upstream is not None:
-                upstream.transport.close()  # type: ignore[attr-defined]
-            return
+        connecting = self.connecting
+        self.connecting = None
+        client_gone = self.closed or self.transport is None or self.transport.is_closing()
         if upstream is None:
+            if connecting is not None:
+                connecting.detach()  # a connect that lost the race with the timeout, if any
             assert self.backend is not None and error is not None
             self.backend.note_failure()
             self._release_backend()
-            self._dial_next(error)
+            if not client_gone:
+                self._dial_next(error)
             return
-        assert isinstance(upstream, TcpUpstream) and upstream.transport is not None
+        assert upstream.transport is not None
+        if client_gone:
+            upstream.detach()
+            upstream.transport.close()
+            return
         assert self.backend is not None
         self.backend.note_success()
+        self.backend_label = self.backend.label
         self.upstream = upstream
         transport = upstream.transport
         version = self._proxy_protocol_version()
@@ -319,10 +416,11 @@ class TcpSession(asyncio.Protocol):
             transport.writelines(self.pending)
             self.pending = []
         if self.down_eof:
-            if transport.can_write_eof():
+            if transport.can_write_eof() and not transport.is_closing():
                 transport.write_eof()
             return
-        self.resume_downstream_reading()
+        if not self.upstream_full:
+            self.resume_downstream_reading()
 
     def _proxy_protocol_version(self) -> str | None:
         backend = self.backend
@@ -352,18 +450,27 @@ class TcpSession(asyncio.Protocol):
             self.idle_timer = self.loop.call_at(deadline, self._on_idle, timeout)
             return
         log.debug("listener %s: closing idle connection from %s", self.listener.name, self.client[0])
+        self._end("idle_timeout")
+
+    def _end(self, termination: str) -> None:
+        """Reset both sides, recording why (the first reason wins)."""
+        if not self.termination:
+            self.termination = termination
         self._close(abort=True)
 
     def _close(self, abort: bool = False) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        """Close both sides: gracefully (pending bytes are flushed, then FIN), or with ``abort``
+        at once with a reset (RST), so neither peer mistakes the end for a complete stream."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
             if abort:
-                self.transport.abort()
+                reset(transport)
             else:
-                self.transport.close()
+                transport.close()
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None and not upstream.transport.is_closing():
             if abort:
-                upstream.transport.abort()
+                reset(upstream.transport)
             else:
                 upstream.transport.close()
 

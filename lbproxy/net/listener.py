@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from typing import Protocol
 
@@ -156,6 +157,27 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+
+
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Close a TCP transport with a reset (RST), discarding unsent data.
+
+    ``transport.abort()`` alone closes the socket, and the kernel then sends a FIN, which the peer
+    takes for a normal end of stream (a truncated upload would look complete). ``SO_LINGER`` 0
+    makes the close a reset, so the peer learns the connection was aborted. Idempotent.
+    """
+    if transport.is_closing():
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        except OSError:
+            pass
+    transport.abort()
 
 
 Factory = Callable[[], asyncio.Protocol]

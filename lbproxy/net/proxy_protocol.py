@@ -13,6 +13,8 @@ from dataclasses import dataclass
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_MAX_LENGTH = 107
 V2_MAX_PAYLOAD = 4096  # TLVs beyond this are refused: an honest sender never needs more
+V1_UNKNOWN = b"PROXY UNKNOWN\r\n"
+V2_LOCAL = V2_SIGNATURE + b"\x20\x00\x00\x00"
 
 
 class ProxyProtocolError(ValueError):
@@ -28,9 +30,16 @@ class ProxyInfo:
 
 
 def build_v1(source: tuple[str, int], destination: tuple[str, int]) -> bytes:
-    """A v1 header for a TCP connection from ``source`` to ``destination``."""
-    src_ip = _ip(source[0])
-    dst_ip = _ip(destination[0])
+    """A v1 header for a TCP connection from ``source`` to ``destination``.
+
+    IPv4-mapped IPv6 addresses are sent as IPv4; mixed families as TCP6. When either host is not
+    an IP literal (a unix-socket peer) the header is ``PROXY UNKNOWN``. Never raises.
+    """
+    try:
+        src_ip = _ip(source[0])
+        dst_ip = _ip(destination[0])
+    except ValueError:
+        return V1_UNKNOWN
     if src_ip.version != dst_ip.version:
         src_ip, dst_ip = _ipv6(src_ip), _ipv6(dst_ip)
     proto = "TCP4" if src_ip.version == 4 else "TCP6"
@@ -38,17 +47,20 @@ def build_v1(source: tuple[str, int], destination: tuple[str, int]) -> bytes:
 
 
 def build_v2(source: tuple[str, int], destination: tuple[str, int]) -> bytes:
-    """A v2 PROXY-command header for a TCP connection from ``source`` to ``destination``."""
-    src_ip = _ip(source[0])
-    dst_ip = _ip(destination[0])
+    """A v2 PROXY-command header (no TLVs) for a TCP connection from ``source`` to ``destination``.
+
+    Families as in ``build_v1``; when a host is not an IP literal the header is a LOCAL command
+    (the receiver keeps the socket's addresses). Never raises.
+    """
+    try:
+        src_ip = _ip(source[0])
+        dst_ip = _ip(destination[0])
+    except ValueError:
+        return V2_LOCAL
     if src_ip.version != dst_ip.version:
         src_ip, dst_ip = _ipv6(src_ip), _ipv6(dst_ip)
-    if src_ip.version == 4:
-        family = 0x11
-        payload = src_ip.packed + dst_ip.packed + struct.pack("!HH", source[1], destination[1])
-    else:
-        family = 0x21
-        payload = src_ip.packed + dst_ip.packed + struct.pack("!HH", source[1], destination[1])
+    family = 0x11 if src_ip.version == 4 else 0x21
+    payload = src_ip.packed + dst_ip.packed + struct.pack("!HH", source[1], destination[1])
     return V2_SIGNATURE + bytes((0x21, family)) + struct.pack("!H", len(payload)) + payload
 
 
@@ -90,7 +102,8 @@ def _parse_v1(data: bytes) -> tuple[ProxyInfo, int] | None:
     want = 4 if proto == "TCP4" else 6
     if src_ip.version != want or dst_ip.version != want:
         raise ProxyProtocolError("PROXY v1 address family mismatch")
-    return ProxyInfo((str(src_ip), _parse_port(sport)), (str(dst_ip), _parse_port(dport))), end + 2
+    source = (_unmap(src_ip), _parse_port(sport))
+    return ProxyInfo(source, (_unmap(dst_ip), _parse_port(dport))), end + 2
 
 
 def _parse_v2(data: bytes) -> tuple[ProxyInfo, int] | None:
@@ -128,8 +141,8 @@ def _parse_v2(data: bytes) -> tuple[ProxyInfo, int] | None:
         dst6 = ipaddress.IPv6Address(payload[16:32])
         sport, dport = struct.unpack("!HH", payload[32:36])
         return ProxyInfo((_unmap(src6), sport), (_unmap(dst6), dport)), total
-    elif af == 0x0:
-        return ProxyInfo(None, None), total  # UNSPEC
+    elif af == 0x0 or (af == 0x3 and transport in (0x1, 0x2)):
+        return ProxyInfo(None, None), total  # UNSPEC, or AF_UNIX: keep the socket's addresses
     else:
         raise ProxyProtocolError("unsupported PROXY v2 address family")
     return ProxyInfo((str(src), sport), (str(dst), dport)), total
@@ -148,8 +161,11 @@ def _ipv6(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv6Ad
     return ipaddress.IPv6Address("::ffff:" + str(ip))
 
 
-def _unmap(ip: ipaddress.IPv6Address) -> str:
-    return str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip)
+def _unmap(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The text of ``ip``, with IPv4-mapped IPv6 written as IPv4 (one key per client)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

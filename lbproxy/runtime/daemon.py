@@ -4,6 +4,12 @@ Lifecycle: ``start()`` binds everything (raising OSError if a bind fails, after 
 had opened); ``run_until_stopped()`` waits for ``request_stop()`` (signal handlers call it) and
 then ``shutdown()``: /readyz fails at once, listeners keep accepting for ``shutdown_delay``, then
 stop accepting, in-flight work gets ``drain_timeout`` to finish, and the rest is aborted.
+
+Roles. ``single`` (the default) is all of lbproxy in one process. With ``workers: N`` the work
+is split (see ``lbproxy.runtime.supervisor``): each ``worker`` serves the data listeners with
+passive health only and no admin listener, taking health verdicts, discovered backends and admin
+actions from the supervisor; the supervisor's ``view`` holds the one health view (active checks,
+DNS discovery) and serves the ``dns`` listeners, with no data listeners.
 """
 
 from __future__ import annotations
@@ -12,32 +18,67 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
 
 from lbproxy import __version__
 from lbproxy.accesslog import AccessLog
-from lbproxy.admin.server import AdminServer, listener_status
+from lbproxy.admin.server import AdminServer, apply_backend_action, listener_status
 from lbproxy.config.loader import load_config
-from lbproxy.config.model import Config, ListenerConfig
+from lbproxy.config.model import BackendConfig, Config, ListenerConfig, PoolConfig
+from lbproxy.discovery.members import effective_pool_config
 from lbproxy.errors import ConfigError
 from lbproxy.health.checker import HealthChecker
+from lbproxy.health.hysteresis import Hysteresis
 from lbproxy.l4.splicer import TcpListener
 from lbproxy.l7.listener import HttpListener, UpstreamRegistry
 from lbproxy.net.listener import BaseListener
 from lbproxy.pool.backend import Backend
 from lbproxy.pool.pool import Pool
+from lbproxy.runtime.health_roles import OnVerdict, PassiveHealthChecker, ReportingHealthChecker
+
+if TYPE_CHECKING:
+    from lbproxy.discovery.resolver import Discovery
 
 log = logging.getLogger("lbproxy.daemon")
 
+Role = Literal["single", "worker", "view"]
+OnMembers = Callable[[str, tuple[BackendConfig, ...]], None]
+
 
 class Daemon:
-    """One running lbproxy: its pools, listeners and admin server."""
+    """One running lbproxy: its pools, listeners and admin server (see the roles above).
 
-    def __init__(self, config: Config, *, sockets: dict[str, socket.socket] | None = None) -> None:
+    ``sockets`` maps listener names to pre-bound listening sockets; each is used once, by the
+    first listener of that name that starts. ``on_verdict`` (view) is told every up/down verdict
+    of the active checks; ``on_members`` (single, view) every change DNS discovery makes to a pool.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        sockets: dict[str, socket.socket] | None = None,
+        role: Role = "single",
+        on_verdict: OnVerdict | None = None,
+        on_members: OnMembers | None = None,
+    ) -> None:
         self.config = config
+        self.role: Role = role
         self.pools: dict[str, Pool] = {}
         self.listeners: dict[str, BaseListener] = {}
         self.upstreams = UpstreamRegistry()
-        self.health = HealthChecker()
+        self.health: HealthChecker
+        if role == "worker":
+            self.health = PassiveHealthChecker()
+        elif on_verdict is not None:
+            self.health = ReportingHealthChecker(on_verdict)
+        else:
+            self.health = HealthChecker()
+        self.on_members = on_members
+        self.discovery: Discovery | None = None
+        self.discovered: dict[str, tuple[BackendConfig, ...]] = {}  # pool -> backends found in DNS
+        self._registry: object | None = None
         self.access_log: AccessLog | None = AccessLog(config.access_log) if config.access_log else None
         self.admin: AdminServer | None = None
         self.ready = False
@@ -49,34 +90,110 @@ class Daemon:
         self.reloads = {"success": 0, "failure": 0}
         self.last_reload_success = time.time()
 
-    async def start(self) -> None:
-        """Build and bind everything. Raises OSError if an address can't be bound."""
+    async def start(self, prepare: Callable[[Daemon], None] | None = None) -> None:
+        """Build and bind everything. Raises OSError if an address can't be bound.
+
+        Pools with ``dns`` backends are looked up first (each lookup bounded). ``prepare`` is
+        called once the pools exist, before any check runs or any listener accepts.
+        """
         self._stop = asyncio.Event()
         config = self.config
-        self.pools = {name: Pool(pool_config) for name, pool_config in config.pools.items()}
+        if self.role != "worker" and any(p.dns_backends for p in config.pools.values()):
+            await self._reconfigure_discovery(config, initial=True)
+        self.pools = {name: Pool(self.effective(pool_config)) for name, pool_config in config.pools.items()}
+        if prepare is not None:
+            prepare(self)
         self.health.start(self.pools.values())
         try:
             for listener_config in config.listeners:
+                if not self.serves(listener_config):
+                    continue
                 listener = self.make_listener(listener_config)
                 self.listeners[listener_config.name] = listener
                 await listener.start()
-            if config.admin is not None:
-                self.admin = AdminServer(self, config.admin, sock=self._sockets.get("admin"))
+            if config.admin is not None and self.role == "single":
+                self.admin = AdminServer(self, config.admin, sock=self._sockets.pop("admin", None))
                 await self.admin.start()
         except BaseException:
             await self._close_now()
             raise
         self.ready = True
-        log.info(
-            "lbproxy %s running: %d listeners, %d pools", __version__, len(self.listeners), len(self.pools)
-        )
+        if self.role == "single":
+            log.info(
+                "lbproxy %s running: %d listeners, %d pools", __version__, len(self.listeners), len(self.pools)
+            )
+        else:
+            log.info("%s started: %d listeners, %d pools", self.role, len(self.listeners), len(self.pools))
+
+    def serves(self, config: ListenerConfig) -> bool:
+        """Whether this daemon's role opens ``config``: dns listeners live in the view."""
+        if self.role == "single":
+            return True
+        return (config.mode == "dns") == (self.role == "view")
+
+    def effective(self, config: PoolConfig) -> PoolConfig:
+        """``config`` with the backends DNS discovery found for it (what its ``Pool`` is built from)."""
+        return effective_pool_config(config, self.discovered.get(config.name, ()))
+
+    async def _reconfigure_discovery(self, config: Config, initial: bool = False) -> None:
+        """Start or follow DNS discovery for ``config`` and refresh ``self.discovered`` from it."""
+        from lbproxy.discovery.resolver import Discovery
+
+        if self.discovery is None:
+            if not any(p.dns_backends for p in config.pools.values()):
+                self.discovered = {}
+                return
+            self.discovery = Discovery(self._discovery_changed)
+            if initial:
+                await self.discovery.start(config.pools)
+            else:
+                self.discovery.reconfigure(config.pools)
+        else:
+            self.discovery.reconfigure(config.pools)
+        self.discovered = {
+            name: self.discovery.backends(name) for name, pool in config.pools.items() if pool.dns_backends
+        }
+
+    def _discovery_changed(self, pool: str, backends: tuple[BackendConfig, ...]) -> None:
+        self.apply_discovered(pool, backends)
+        if self.on_members is not None:
+            self.on_members(pool, backends)
+
+    def apply_discovered(self, pool_name: str, backends: tuple[BackendConfig, ...]) -> None:
+        """Make ``backends`` the DNS-found members of a pool, as a reload would.
+
+        Backends gone from DNS take no new work while what they carry finishes; backends new to
+        the pool wait for a passing health check before they get traffic (when the pool has one).
+        """
+        pool = self.pools.get(pool_name)
+        pool_config = self.config.pools.get(pool_name)
+        if pool is None or pool_config is None:
+            return
+        self.discovered[pool_name] = backends
+        old = pool.config
+        added, removed = pool.reconfigure(self.effective(pool_config))
+        for backend in removed:
+            self.health.remove_backend(pool, backend)
+            self.upstreams.forget(backend)
+            log.info("pool %s backend %s gone from DNS: removed (in-flight work finishes)", pool_name, backend.label)
+        self.health.reconfigure_pool(pool, old, added)
+        check = pool.config.health_check
+        for backend in added:
+            log.info("pool %s backend %s found in DNS", pool_name, backend.label)
+            if check is None:
+                continue
+            health = self.health.pools.get(pool_name)
+            record = health.records.get(backend) if health is not None else None
+            if record is not None:
+                record.hysteresis = Hysteresis(check.healthy_threshold, check.unhealthy_threshold, up=False)
+            backend.set_checked_up(False, "new from DNS: waiting for a passing health check")
 
     def make_listener(self, config: ListenerConfig) -> BaseListener:
         """A listener for ``config`` (not started), wired to this daemon's pools."""
-        sock = self._sockets.get(config.name)
+        sock = self._sockets.pop(config.name, None)
         if config.mode == "tcp":
             assert config.pool is not None
-            return TcpListener(config, self.pools[config.pool], sock=sock)
+            return TcpListener(config, self.pools[config.pool], access_log=self.access_log, sock=sock)
         if config.mode == "dns":
             from lbproxy.dns.listener import DnsListener
 
@@ -161,6 +278,8 @@ class Daemon:
             await asyncio.wait(list(self._retiring), timeout=timeout)
         self.upstreams.close_all()
         await self.health.stop()
+        if self.discovery is not None:
+            await self.discovery.stop()
         if self.admin is not None:
             await self.admin.close()
         if self.access_log is not None:
@@ -171,6 +290,8 @@ class Daemon:
 
     async def _close_now(self) -> None:
         await self.health.stop()
+        if self.discovery is not None:
+            await self.discovery.stop()
         for listener in self.listeners.values():
             listener.stop_accepting()
         if self.admin is not None:
@@ -221,15 +342,45 @@ class Daemon:
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started_at, 3),
             "ready": self.ready,
+            "reloads": dict(self.reloads),
             "listeners": [listener_status(listener) for listener in self.listeners.values()],
-            "pools": [
-                {
-                    "name": pool.name,
-                    "strategy": pool.config.strategy,
-                    "no_backend_total": pool.no_backend_total,
-                    "health_check": pool.config.health_check.type if pool.config.health_check else None,
-                    "backends": [self.backend_status(pool, backend) for backend in pool.backends],
-                }
-                for pool in self.pools.values()
-            ],
+            "pools": [self.pool_status(pool) for pool in self.pools.values()],
         }
+
+    def pool_status(self, pool: Pool) -> dict[str, object]:
+        view: dict[str, object] = {
+            "name": pool.name,
+            "strategy": pool.config.strategy,
+            "no_backend_total": pool.no_backend_total,
+            "health_check": pool.config.health_check.type if pool.config.health_check else None,
+            "backends": [self.backend_status(pool, backend) for backend in pool.backends],
+        }
+        discovery = self.discovery.pools.get(pool.name) if self.discovery is not None else None
+        if discovery is not None:
+            view["discovery"] = discovery.status()
+        return view
+
+    # -- what the admin listener serves (lbproxy.admin.server.AdminTarget) ----------------------
+
+    async def status_document(self) -> dict[str, object]:
+        return self.status()
+
+    async def metrics_text(self) -> bytes:
+        from lbproxy.admin.metrics import make_registry, render
+
+        if self._registry is None:
+            self._registry = make_registry(self)
+        return render(self._registry)  # type: ignore[arg-type]
+
+    async def backend_action(
+        self, pool_name: str, label: str, action: str, weight: int | None
+    ) -> tuple[int, dict[str, object] | str]:
+        """Apply an admin action (drain, disable, enable, weight) to one backend."""
+        pool = self.pools.get(pool_name)
+        if pool is None:
+            return 404, f"no pool {pool_name!r}\n"
+        backend = pool.by_label.get(label)
+        if backend is None:
+            return 404, f"pool {pool_name!r} has no backend {label!r}\n"
+        apply_backend_action(pool, backend, action, weight)
+        return 200, self.backend_status(pool, backend)
