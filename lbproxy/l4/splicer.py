@@ -31,6 +31,7 @@ from lbproxy.errors import UpstreamError
 from lbproxy.net import proxy_protocol
 from lbproxy.net.bind import peer_host
 from lbproxy.net.connect import Dial
+from lbproxy.tls.clienthello import NotTls, match_server_name, read_sni
 from lbproxy.net.listener import BaseListener, reset
 
 if TYPE_CHECKING:
@@ -58,6 +59,9 @@ class TcpListener(BaseListener):
         self.pool = pool
         self.idle_timeout = config.idle_timeout
         self.access_log = access_log
+        # TLS passthrough routing: (server name pattern, pool) pairs tried in order; ``pool`` is
+        # the default. Set by the daemon (it owns the pool objects).
+        self.sni_routes: list[tuple[str, Pool]] = []
 
     def protocol_factory(self) -> asyncio.Protocol:
         return TcpSession(self)
@@ -127,6 +131,9 @@ class TcpSession(asyncio.Protocol):
         "tried",
         "pending",
         "header_buffer",
+        "hello_buffer",
+        "hello_read",
+        "pool",
         "down_eof",
         "up_eof",
         "closed",
@@ -154,6 +161,9 @@ class TcpSession(asyncio.Protocol):
         self.tried: list[Backend] = []
         self.pending: list[bytes] = []
         self.header_buffer: bytes | None = None
+        self.hello_buffer: bytes | None = None  # waiting for a TLS ClientHello (sni_routes)
+        self.hello_read = False
+        self.pool = listener.pool  # sni_routes may choose another
         self.down_eof = False
         self.up_eof = False
         self.closed = False
@@ -189,10 +199,7 @@ class TcpSession(asyncio.Protocol):
             timeout = min(PROXY_HEADER_TIMEOUT, self.listener.idle_timeout)
             self.idle_timer = self.loop.call_later(timeout, self._on_header_timeout)
             return
-        self.transport.pause_reading()  # type: ignore[union-attr]
-        self.down_paused = True
-        self._arm_idle(self.listener.idle_timeout)
-        self._dial_next(None)
+        self._after_preamble()
 
     def data_received(self, data: bytes) -> None:
         size = len(data)
@@ -206,13 +213,16 @@ class TcpSession(asyncio.Protocol):
         if self.header_buffer is not None:
             self._read_proxy_header(data)
             return
+        if self.hello_buffer is not None:
+            self._read_client_hello(data)
+            return
         self.pending.append(data)
 
     def eof_received(self) -> bool:
         self.down_eof = True
         upstream = self.upstream
         if upstream is None:
-            if self.header_buffer is not None or self.dial is None:
+            if self.header_buffer is not None or self.hello_buffer is not None or self.dial is None:
                 self._close()
                 return False
             return True  # still dialing: pass the EOF on once connected
@@ -250,7 +260,7 @@ class TcpSession(asyncio.Protocol):
             access_log.log_connection(
                 self.listener.name,
                 self.client[0],
-                self.listener.pool.name,
+                self.pool.name,
                 self.backend_label or None,
                 self.bytes_in,
                 self.bytes_out,
@@ -337,14 +347,59 @@ class TcpSession(asyncio.Protocol):
         if info.destination is not None:
             self.local = info.destination
         rest = buffer[consumed:]
+        self._cancel_idle()
+        self.last_activity = self.loop.time()
+        if self.listener.sni_routes:
+            self._await_client_hello(rest)  # the ClientHello follows the PROXY header
+            return
         if rest:
             self.pending.append(rest)
+        self._after_preamble()
+
+    def _after_preamble(self) -> None:
+        """The connection's own preamble (none, or a PROXY header) is read: route and dial."""
+        if self.listener.sni_routes and not self.hello_read:
+            self._await_client_hello(b"")
+            return
         assert self.transport is not None
         self.transport.pause_reading()
         self.down_paused = True
-        self.last_activity = self.loop.time()
         self._arm_idle(self.listener.idle_timeout)
         self._dial_next(None)
+
+    def _await_client_hello(self, first: bytes) -> None:
+        self.hello_buffer = b""
+        self.idle_timer = self.loop.call_later(self.listener.config.client_hello_timeout, self._on_hello_timeout)
+        if first:
+            self._read_client_hello(first)
+
+    def _read_client_hello(self, data: bytes) -> None:
+        """Peek at the ClientHello's server name to choose the pool; the bytes go on untouched."""
+        assert self.hello_buffer is not None
+        buffer = self.hello_buffer + data
+        try:
+            complete, server_name = read_sni(buffer)
+        except NotTls as exc:
+            log.info("listener %s: not a TLS ClientHello from %s: %s", self.listener.name, self.client[0], exc)
+            self._end("not_tls")
+            return
+        if not complete:
+            self.hello_buffer = buffer
+            return
+        self.hello_buffer = None
+        self.hello_read = True
+        self._cancel_idle()
+        self.pool = match_server_name(server_name, self.listener.sni_routes) or self.listener.pool
+        self.pending.append(buffer)
+        self.last_activity = self.loop.time()
+        self._after_preamble()
+
+    def _on_hello_timeout(self) -> None:
+        self.idle_timer = None
+        if self.closed or self.hello_buffer is None:
+            return
+        log.info("listener %s: no TLS ClientHello from %s in time", self.listener.name, self.client[0])
+        self._end("client_hello_timeout")
 
     def _on_header_timeout(self) -> None:
         self.idle_timer = None
@@ -354,7 +409,7 @@ class TcpSession(asyncio.Protocol):
         self._end("proxy_header_timeout")
 
     def _dial_next(self, error: UpstreamError | None) -> None:
-        pool = self.listener.pool
+        pool = self.pool
         if len(self.tried) > pool.config.retries:
             backend = None
         else:
@@ -425,7 +480,7 @@ class TcpSession(asyncio.Protocol):
     def _proxy_protocol_version(self) -> str | None:
         backend = self.backend
         assert backend is not None
-        return backend.config.proxy_protocol or self.listener.pool.config.proxy_protocol
+        return backend.config.proxy_protocol or self.pool.config.proxy_protocol
 
     def _release_backend(self) -> None:
         if self.backend is not None:

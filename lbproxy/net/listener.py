@@ -12,12 +12,14 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import weakref
 import struct
 from collections.abc import Callable
 from typing import Protocol
 
 from lbproxy.config.model import Address, ListenerConfig
 from lbproxy.net.bind import bind_socket, bound_address
+from lbproxy.tls.contexts import ServerTls
 
 log = logging.getLogger("lbproxy.listener")
 
@@ -87,6 +89,10 @@ class BaseListener:
         self._sock = sock
         self._server: asyncio.AbstractServer | None = None
         self._idle_waiter: asyncio.Future[None] | None = None
+        # TLS termination (http listeners with ``tls:``); handshakes that never reach
+        # connection_made are counted when their protocol object is dropped.
+        self.tls: ServerTls | None = ServerTls(config.tls) if config.tls is not None else None
+        self._handshaking: set[int] = set()
 
     def protocol_factory(self) -> asyncio.Protocol:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -102,11 +108,35 @@ class BaseListener:
         loop = asyncio.get_running_loop()
         if self._sock is None:
             self._sock = bind_socket(self.config.bind, backlog=self.config.backlog)
-        self._server = await loop.create_server(self.protocol_factory, sock=self._sock, backlog=self.config.backlog)
+        if self.tls is not None:
+            self._server = await loop.create_server(
+                self._tls_protocol_factory,
+                sock=self._sock,
+                backlog=self.config.backlog,
+                ssl=self.tls.context,
+                ssl_handshake_timeout=self.config.limits.request_header_timeout,
+            )
+        else:
+            self._server = await loop.create_server(self.protocol_factory, sock=self._sock, backlog=self.config.backlog)
         log.info("listener %s (%s) on %s", self.name, self.config.mode, self.address)
+
+    def _tls_protocol_factory(self) -> asyncio.Protocol:
+        protocol = self.protocol_factory()
+        key = id(protocol)
+        self._handshaking.add(key)
+        weakref.finalize(protocol, self._protocol_dropped, key)
+        return protocol
+
+    def _protocol_dropped(self, key: int) -> None:
+        if key in self._handshaking:
+            self._handshaking.discard(key)
+            if self.tls is not None:
+                self.tls.handshake_failures += 1
 
     def admit(self, conn: Drainable) -> bool:
         """Register a new connection; False (and counted) when over ``max_connections`` or stopping."""
+        if self._handshaking:
+            self._handshaking.discard(id(conn))
         if not self.accepting or len(self.connections) >= self.config.max_connections:
             self.stats.rejected_total += 1
             return False

@@ -188,12 +188,28 @@ class Daemon:
                 record.hysteresis = Hysteresis(check.healthy_threshold, check.unhealthy_threshold, up=False)
             backend.set_checked_up(False, "new from DNS: waiting for a passing health check")
 
+    def adopt_sockets(self, sockets: dict[str, socket.socket]) -> None:
+        """Pre-bound sockets for listeners that start later (a reload), by listener name."""
+        for name, sock in sockets.items():
+            previous = self._sockets.pop(name, None)
+            if previous is not None:
+                previous.close()
+            self._sockets[name] = sock
+
+    def close_unused_sockets(self) -> None:
+        """Close the pre-bound sockets no listener took (ours are copies; the owner keeps its own)."""
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+
     def make_listener(self, config: ListenerConfig) -> BaseListener:
         """A listener for ``config`` (not started), wired to this daemon's pools."""
         sock = self._sockets.pop(config.name, None)
         if config.mode == "tcp":
             assert config.pool is not None
-            return TcpListener(config, self.pools[config.pool], access_log=self.access_log, sock=sock)
+            tcp = TcpListener(config, self.pools[config.pool], access_log=self.access_log, sock=sock)
+            tcp.sni_routes = [(route.server_name, self.pools[route.pool]) for route in config.sni_routes]
+            return tcp
         if config.mode == "dns":
             from lbproxy.dns.listener import DnsListener
 
@@ -220,7 +236,8 @@ class Daemon:
             raise
         self.reloads["success"] += 1
         self.last_reload_success = time.time()
-        log.info("configuration reloaded from %s", config.source)
+        if self.role == "single":  # with workers, the supervisor says it once for all of them
+            log.info("configuration reloaded from %s", config.source)
         return notes
 
     async def reload_from_file(self, path: str | None = None) -> tuple[bool, list[str]]:

@@ -8,7 +8,10 @@ and tunnels go on with the pool and backend they had.
 
 Listeners added are opened; listeners removed stop accepting and drain in the background (bounded
 by drain_timeout). A listener whose bind address or mode changed is replaced: the old one drains,
-the new one binds. What needs a restart (reported by ``apply``): ``admin.bind``.
+the new one binds. What needs a restart (reported by ``apply``): ``admin.bind`` and ``workers``.
+
+Pools with ``dns`` backends are rebuilt from their static backends plus what discovery last found
+(a reload does not forget discovered backends); a worker is handed that set by its supervisor.
 """
 
 from __future__ import annotations
@@ -38,28 +41,34 @@ async def apply(daemon: Daemon, new: Config) -> list[str]:
     """
     notes: list[str] = []
     old = daemon.config
+    if daemon.role != "worker":
+        await daemon._reconfigure_discovery(new)
     _reconcile_pools(daemon, new)
+    daemon.config = new  # before any await: discovery updates from now on use the new pools
     await _reconcile_listeners(daemon, new)
-    if (old.admin is None) != (new.admin is None):
-        notes.append("admin listener added or removed: needs a restart")
-    elif daemon.admin is not None and old.admin is not None and new.admin is not None:
-        if old.admin.bind != new.admin.bind:
-            notes.append(f"admin.bind changed to {new.admin.bind}: needs a restart")
-        daemon.admin.config = dataclasses.replace(new.admin, bind=old.admin.bind)
+    if old.workers != new.workers:
+        notes.append(f"workers changed to {new.workers}: needs a restart")
+    if daemon.role == "single":  # with workers, the supervisor owns the admin listener
+        if (old.admin is None) != (new.admin is None):
+            notes.append("admin listener added or removed: needs a restart")
+        elif daemon.admin is not None and old.admin is not None and new.admin is not None:
+            if old.admin.bind != new.admin.bind:
+                notes.append(f"admin.bind changed to {new.admin.bind}: needs a restart")
+            daemon.admin.config = dataclasses.replace(new.admin, bind=old.admin.bind)
     if old.access_log != new.access_log:
         if daemon.access_log is not None:
             daemon.access_log.close()
         daemon.access_log = AccessLog(new.access_log) if new.access_log else None
         for listener in daemon.listeners.values():
             listener.access_log = daemon.access_log  # type: ignore[attr-defined]
-    daemon.config = new
     for note in notes:
         log.warning("reload: %s", note)
     return notes
 
 
 def _reconcile_pools(daemon: Daemon, new: Config) -> None:
-    for name, pool_config in new.pools.items():
+    for name, raw_config in new.pools.items():
+        pool_config = daemon.effective(raw_config)
         pool = daemon.pools.get(name)
         if pool is None:
             pool = Pool(pool_config)
@@ -85,7 +94,7 @@ def _reconcile_pools(daemon: Daemon, new: Config) -> None:
 
 
 async def _reconcile_listeners(daemon: Daemon, new: Config) -> None:
-    wanted = {lc.name: lc for lc in new.listeners}
+    wanted = {lc.name: lc for lc in new.listeners if daemon.serves(lc)}
     for name, listener in list(daemon.listeners.items()):
         config = wanted.get(name)
         if config is not None and config.bind == listener.config.bind and config.mode == listener.config.mode:
@@ -96,6 +105,7 @@ async def _reconcile_listeners(daemon: Daemon, new: Config) -> None:
                 listener.config = config
                 listener.pool = daemon.pools[config.pool]
                 listener.idle_timeout = config.idle_timeout
+                listener.sni_routes = [(r.server_name, daemon.pools[r.pool]) for r in config.sni_routes]
             elif config.mode == "dns":
                 listener.update(config)  # type: ignore[attr-defined]
             listener.proxy_protocol_from = NetworkSet(config.proxy_protocol_from)
@@ -106,7 +116,7 @@ async def _reconcile_listeners(daemon: Daemon, new: Config) -> None:
         daemon.retire(listener)
         log.info("reload: listener %s closed (draining %d connections)", name, len(listener.connections))
     for config in new.listeners:
-        if config.name in daemon.listeners:
+        if config.name in daemon.listeners or not daemon.serves(config):
             continue
         listener = daemon.make_listener(config)
         await listener.start()

@@ -7,6 +7,11 @@ splicer forwards them untouched to the chosen backend (TLS passthrough).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
 MAX_HELLO = 16384 + 5  # one TLS record; a ClientHello spanning several records is refused
 
 
@@ -104,7 +109,7 @@ def _skip(data: bytes, pos: int, size: int) -> int:
     return pos
 
 
-def match_server_name(name: str | None, patterns: list[tuple[str, str]]) -> str | None:
+def match_server_name(name: str | None, patterns: Sequence[tuple[str, T]]) -> T | None:
     """The target of the first pattern that matches ``name`` (exact, or ``*.example.com``)."""
     if name is None:
         return None

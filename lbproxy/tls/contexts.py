@@ -1,9 +1,11 @@
 """SSL contexts built from config: server side (with SNI certificate choice) and upstream side.
 
-``ServerTls`` holds one SSLContext per certificate; the default context's ``sni_callback`` moves
-a handshake to the context whose certificate names the requested server (exact or wildcard),
-falling back to the default (the first certificate). ``reload`` builds all contexts anew and
-swaps them in; handshakes already done keep their session, new ones get the new certificates.
+``ServerTls`` has one stable *front* context (the one the listening socket was created with) and
+one context per certificate. The front context's ``sni_callback`` runs for every handshake (with
+``None`` when the client sends no SNI) and moves it to the context whose certificate names the
+requested server (exact or wildcard), else to the default (the first certificate). ``reload``
+builds the per-certificate contexts anew and swaps the list: the listening socket keeps its front
+context, established connections keep their session, new handshakes get the new certificates.
 """
 
 from __future__ import annotations
@@ -63,30 +65,36 @@ class ServerTls:
     def __init__(self, config: TlsServerConfig) -> None:
         self.config = config
         self.entries: list[_Entry] = []
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.handshakes = 0
         self.handshake_failures = 0
         self.reload(config)
+        self.context = _server_context(config.certificates[0], config)  # the front context
+        self.context.sni_callback = self._choose
 
     def reload(self, config: TlsServerConfig) -> None:
         """Build contexts for ``config``; raises TlsError (keeping the old ones) if a file is bad."""
         entries = [_Entry(certificate_names(c.cert), _server_context(c, config)) for c in config.certificates]
         self.config = config
         self.entries = entries
-        self.context = entries[0].context
-        for entry in entries:
-            entry.context.sni_callback = self._choose
+        if hasattr(self, "context"):
+            self.context.minimum_version = _VERSIONS[config.min_version]
 
     def _choose(self, ssl_object: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
-        if server_name is None:
-            return None
-        name = server_name.lower()
-        for entry in self.entries:
-            for pattern in entry.names:
-                if pattern == name or (pattern.startswith("*.") and name.endswith(pattern[1:]) and "." in name[: -len(pattern) + 1]):
-                    ssl_object.context = entry.context
-                    return None
-        ssl_object.context = self.entries[0].context
+        self.handshakes += 1
+        ssl_object.context = self.context_for(server_name)
         return None
+
+    def context_for(self, server_name: str | None) -> ssl.SSLContext:
+        """The context whose certificate covers ``server_name``, else the default one."""
+        if server_name is not None:
+            name = server_name.lower()
+            for entry in self.entries:
+                for pattern in entry.names:
+                    if pattern == name:
+                        return entry.context
+                    if pattern.startswith("*.") and name.endswith(pattern[1:]) and name.count(".") == pattern.count("."):
+                        return entry.context
+        return self.entries[0].context
 
 
 def upstream_context(config: UpstreamTlsConfig) -> ssl.SSLContext:
