@@ -281,3 +281,46 @@ async def test_http_check_expectations(make_daemon, kind: str, restartable) -> N
     assert record.last_detail == "status 302"
     backends[0].status_override = None
     await wait_for(lambda: victim.available, 5)
+
+
+async def test_checks_run_once_per_pool_whatever_the_listeners(make_daemon, servers) -> None:
+    """Three listeners share one pool: its backend sees one check per interval, not three."""
+    accepted = []
+
+    class Counting(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted.append(asyncio.get_running_loop().time())
+            transport.close()
+
+    server = await servers(Counting)
+    port = server.sockets[0].getsockname()[1]
+    interval = 0.1
+    listeners = "\n".join(
+        f"          - {{name: l{i}, bind: 127.0.0.1:0, routes: [{{pool: web}}]}}" for i in range(3)
+    )
+    await make_daemon(
+        f"""
+        pools:
+          web:
+            backends: ["127.0.0.1:{port}"]
+            health_check: {{interval: {interval}, timeout: 0.5}}
+        listeners:
+{listeners}
+        """
+    )
+    await asyncio.sleep(1.05)
+    # one immediate check, then one per interval with +-15% jitter: about 10 in 1 s, never 30
+    assert 6 <= len(accepted) <= 14, len(accepted)
+
+
+async def test_consecutive_5xx_eject_a_backend_on_real_traffic(make_daemon, restartable) -> None:
+    backends = await restartable(2)
+    backends[0].status_override = 503
+    daemon = await make_daemon(
+        health_config(backends, "false", extra_pool="outlier_detection: {consecutive_5xx: 3, max_ejection_percent: 50}")
+    )
+    host, port = daemon.listener_address("public")
+    statuses = [(await fetch(host, port)).status for _ in range(8)]
+    assert statuses[:6].count(503) == 3, statuses
+    assert daemon.pools["web"].backends[0].ejected
+    assert statuses[6:] == [200, 200], "after ejection every request goes to the healthy backend"
