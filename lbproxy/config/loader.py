@@ -9,6 +9,7 @@ sorted by line. Nothing but ``load_config`` touches the file system.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ from lbproxy.config.model import (
     BackendConfig,
     Config,
     CookieConfig,
+    DnsBackendConfig,
     DnsConfig,
+    RateLimitConfig,
     SniRoute,
     TlsCertificate,
     TlsServerConfig,
@@ -59,7 +62,7 @@ from lbproxy.errors import ConfigError
 T = TypeVar("T")
 Converter = Callable[[Any], T]
 
-_TOP_KEYS = ("admin", "pools", "listeners", "access_log", "drain_timeout", "shutdown_delay")
+_TOP_KEYS = ("admin", "pools", "listeners", "access_log", "drain_timeout", "shutdown_delay", "workers")
 _ADMIN_KEYS = ("bind", "token")
 _ACCESS_LOG_KEYS = ("format", "path")
 _POOL_KEYS = (
@@ -77,8 +80,10 @@ _POOL_KEYS = (
     "cookie",
     "hash_on",
     "tls",
+    "resolve_interval",
+    "resolvers",
 )
-_BACKEND_KEYS = ("address", "weight", "max_connections", "proxy_protocol")
+_BACKEND_KEYS = ("address", "dns", "weight", "max_connections", "proxy_protocol")
 _HEALTH_KEYS = (
     "type",
     "interval",
@@ -120,7 +125,10 @@ _LISTENER_KEYS = (
     "redirect_https",
     "sni_routes",
     "client_hello_timeout",
+    "max_connections_per_client",
+    "rate_limit",
 )
+_RATE_LIMIT_KEYS = ("requests_per_second", "burst")
 _TLS_SERVER_KEYS = ("certificates", "min_version", "alpn")
 _TLS_CERT_KEYS = ("cert", "key")
 _TLS_UPSTREAM_KEYS = ("verify", "ca_file", "server_name")
@@ -163,6 +171,7 @@ _LIMITS_KEYS = (
     "request_header_timeout",
     "keepalive_timeout",
     "client_timeout",
+    "min_body_rate",
 )
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -528,6 +537,56 @@ def _token(value: Any) -> str:
     return text
 
 
+MAX_WORKERS = 1024
+
+
+def parse_workers(value: Any) -> int | str:
+    """``workers``: a whole number 1-1024, or ``auto`` (one per core, decided when run)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f"must be between 1 and {MAX_WORKERS} or 'auto', got {value}")
+    raise ValueError(f"expected a number of processes or 'auto', got {describe(value)}")
+
+
+def _dns_target(value: Any) -> Address:
+    """``NAME:PORT`` for a dns backend: the host must be a DNS name, not an IP literal."""
+    address = _address(allow_port_zero=False)(value)
+    try:
+        ipaddress.ip_address(address.host)
+    except ValueError:
+        return Address(address.host.rstrip("."), address.port)
+    raise ValueError(f"{value!r} is an IP address: use 'address' for it ('dns' takes a name to look up)")
+
+
+def _resolvers(value: Any) -> tuple[Address, ...]:
+    """DNS servers: ``IP``, ``IP:PORT`` or ``[IPv6]:PORT`` (port 53 when left out); one or a list."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("expected at least one resolver address, e.g. ['127.0.0.1:53']")
+    out: list[Address] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"expected a resolver address such as '10.0.0.2' or '10.0.0.2:53', got {describe(item)}")
+        try:
+            out.append(Address(str(ipaddress.ip_address(item)), 53))  # a bare IP (v4 or v6)
+            continue
+        except ValueError:
+            pass
+        try:
+            address = parse_address(item, allow_port_zero=False)
+            ipaddress.ip_address(address.host)
+        except ValueError:
+            raise ValueError(
+                f"invalid resolver {item!r}: expected an IP address with an optional port, "
+                "e.g. '10.0.0.2' or '127.0.0.1:5353'"
+            ) from None
+        out.append(address)
+    return tuple(out)
+
+
 # --------------------------------------------------------------------------------------------
 # Sections
 
@@ -669,6 +728,7 @@ def _build_config(root: _Map, problems: _Problems) -> Config | None:
     default = _CONFIG_DEFAULTS
     drain_timeout = top.get("drain_timeout", _duration(positive=False), default.drain_timeout)
     shutdown_delay = top.get("shutdown_delay", _duration(positive=False), default.shutdown_delay)
+    workers = top.get("workers", parse_workers, default.workers)
     _check_bind_clashes(ctx)
     if pools is None or listeners is None or problems.items:
         return None
@@ -679,6 +739,7 @@ def _build_config(root: _Map, problems: _Problems) -> Config | None:
         access_log=access_log,
         drain_timeout=drain_timeout,
         shutdown_delay=shutdown_delay,
+        workers=workers,
         source=problems.source,
     )
 
@@ -721,11 +782,15 @@ def _build_pool(ctx: _Context, name: str, value: Any, path: str, line: int) -> P
     strategy = sec.get("strategy", _strategy, default.strategy)
     if isinstance(sec.node.get("strategy"), str):
         ctx.pool_strategies[name] = sec.node["strategy"]
-    backends = _build_backends(sec)
+    built = _build_backends(sec)
+    backends, dns_backends = built if built is not None else ((), ())
     positive = _duration(positive=True)
     pool = PoolConfig(
         name=name,
-        backends=backends or (),
+        backends=backends,
+        dns_backends=dns_backends,
+        resolve_interval=sec.get("resolve_interval", positive, default.resolve_interval),
+        resolvers=sec.get("resolvers", _resolvers, default.resolvers),
         strategy=strategy,
         health_check=_build_health_check(sec),
         outlier_detection=_build_outlier(sec),
@@ -746,10 +811,13 @@ def _build_pool(ctx: _Context, name: str, value: Any, path: str, line: int) -> P
         hash_on=_build_hash_on(sec),
         tls=_build_upstream_tls(sec),
     )
-    return pool if backends is not None else None
+    return pool if built is not None else None
 
 
-def _build_backends(pool: _Section) -> tuple[BackendConfig, ...] | None:
+def _build_backends(
+    pool: _Section,
+) -> tuple[tuple[BackendConfig, ...], tuple[DnsBackendConfig, ...]] | None:
+    """``(static backends, dns backends)``; ``None`` (problems recorded) if any item is invalid."""
     if "backends" not in pool.node:
         pool.missing("backends")
         return None
@@ -760,21 +828,30 @@ def _build_backends(pool: _Section) -> tuple[BackendConfig, ...] | None:
         pool.error("backends", "a pool needs at least one backend")
         return None
     backends: list[BackendConfig] = []
-    seen: dict[Address, int] = {}
+    dns_backends: list[DnsBackendConfig] = []
+    seen: dict[object, int] = {}
     for line, path, value in items:
         backend = _build_backend(pool.problems, value, path, line)
         if backend is None:
             continue
-        if backend.address in seen:
-            first = seen[backend.address]
-            message = f"duplicate backend {backend.address} (first at line {first})"
+        key = backend.address if isinstance(backend, BackendConfig) else (backend.name, backend.port)
+        if key in seen:
+            shown = backend.address if isinstance(backend, BackendConfig) else f"dns {backend}"
+            message = f"duplicate backend {shown} (first at line {seen[key]})"
             pool.problems.add(line, path, message)
-        seen.setdefault(backend.address, line)
-        backends.append(backend)
-    return tuple(backends) if len(backends) == len(items) else None
+        seen.setdefault(key, line)
+        if isinstance(backend, BackendConfig):
+            backends.append(backend)
+        else:
+            dns_backends.append(backend)
+    if len(backends) + len(dns_backends) != len(items):
+        return None
+    return tuple(backends), tuple(dns_backends)
 
 
-def _build_backend(problems: _Problems, value: Any, path: str, line: int) -> BackendConfig | None:
+def _build_backend(
+    problems: _Problems, value: Any, path: str, line: int
+) -> BackendConfig | DnsBackendConfig | None:
     if isinstance(value, str):
         try:
             return BackendConfig(address=parse_address(value, allow_port_zero=False))
@@ -785,10 +862,24 @@ def _build_backend(problems: _Problems, value: Any, path: str, line: int) -> Bac
     if sec is None:
         return None
     default = _BACKEND_DEFAULTS
-    address = sec.require("address", _address(allow_port_zero=False))
     weight = sec.get("weight", _int(1, 1000), default.weight)
     max_connections = sec.get("max_connections", _int(1), default.max_connections)
     proxy_protocol = sec.get("proxy_protocol", _choice(("v1", "v2")), default.proxy_protocol)
+    if "dns" in sec.node:
+        if "address" in sec.node:
+            sec.error("dns", "give either 'address' or 'dns', not both")
+            return None
+        name = sec.require("dns", _dns_target)
+        if name is None:
+            return None
+        return DnsBackendConfig(
+            name=name.host,
+            port=name.port,
+            weight=weight,
+            max_connections=max_connections,
+            proxy_protocol=proxy_protocol,  # type: ignore[arg-type]
+        )
+    address = sec.require("address", _address(allow_port_zero=False), " (or 'dns' for backends found in DNS)")
     if address is None:
         return None
     return BackendConfig(
@@ -974,6 +1065,10 @@ def _build_listener(sec: _Section, ctx: _Context, name: str | None) -> ListenerC
         sec.error("sni_routes", "'sni_routes' is for tcp listeners")
     if tls is not None and redirect_https:
         sec.error("redirect_https", "a listener that terminates TLS cannot also redirect to https")
+    per_client = sec.get("max_connections_per_client", _int(1), None)
+    rate_limit = _build_rate_limit(sec)
+    if rate_limit is not None and mode != "http":
+        sec.error("rate_limit", "'rate_limit' is for http listeners (tcp: use max_connections_per_client)")
     if sni_routes is None:
         return None
     if name is None or bind is None or mode is None or not shape_ok:
@@ -996,7 +1091,26 @@ def _build_listener(sec: _Section, ctx: _Context, name: str | None) -> ListenerC
         redirect_https=redirect_https,
         sni_routes=sni_routes,
         client_hello_timeout=client_hello_timeout,
+        max_connections_per_client=per_client,
+        rate_limit=rate_limit,
     )
+
+
+def _build_rate_limit(listener: _Section) -> RateLimitConfig | None:
+    sec = listener.section("rate_limit", _RATE_LIMIT_KEYS)
+    if sec is None:
+        return None
+    rate = sec.require("requests_per_second", _positive_number)
+    burst = sec.get("burst", _int(1, 1_000_000), 20)
+    if rate is None:
+        return None
+    return RateLimitConfig(requests_per_second=rate, burst=burst)
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"expected a number greater than 0, got {describe(value)}")
+    return float(value)
 
 
 def _build_server_tls(listener: _Section) -> TlsServerConfig | None:
@@ -1494,6 +1608,7 @@ def _build_limits(listener: _Section) -> HttpLimits:
             "keepalive_timeout", _duration(positive=True), default.keepalive_timeout
         ),
         client_timeout=sec.get("client_timeout", _duration(positive=True), default.client_timeout),
+        min_body_rate=sec.get("min_body_rate", _int(0), default.min_body_rate),
     )
 
 

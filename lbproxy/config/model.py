@@ -45,6 +45,24 @@ class BackendConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsBackendConfig:
+    """``- dns: NAME:PORT``: every A/AAAA record of ``name`` is a backend on ``port``.
+
+    Re-resolved every ``PoolConfig.resolve_interval``; ``weight``, ``max_connections`` and
+    ``proxy_protocol`` apply to each address found.
+    """
+
+    name: str  # a DNS name, lower-case, never an IP literal
+    port: int
+    weight: int = 1
+    max_connections: int | None = None
+    proxy_protocol: ProxyProtocolVersion | None = None
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class HealthCheckConfig:
     type: HealthCheckType = "tcp"
     interval: float = 2.0
@@ -100,6 +118,9 @@ class PoolConfig:
     cookie: CookieConfig = field(default_factory=CookieConfig)
     hash_on: HashOn | None = None  # ip_hash: hash this instead of the client address when present
     tls: UpstreamTlsConfig | None = None  # speak TLS to the backends
+    dns_backends: tuple[DnsBackendConfig, ...] = ()  # backends found in DNS (``- dns: NAME:PORT``)
+    resolve_interval: float = 30.0  # seconds between lookups of dns_backends
+    resolvers: tuple[Address, ...] = ()  # DNS servers to ask; empty: the system's (resolv.conf)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +229,18 @@ class HttpLimits:
     request_header_timeout: float = 10.0  # first byte to end of headers; beyond it: 408
     keepalive_timeout: float = 75.0  # idle client keep-alive connection
     client_timeout: float = 60.0  # client silent while we wait for more of its body
+    # Slow-body guard (mod_reqtimeout's MinRate): the body deadline starts at client_timeout after
+    # the headers and each received chunk extends it by len/min_body_rate seconds (never beyond
+    # client_timeout from now), so a client trickling a byte at a time is closed with 408.
+    min_body_rate: int = 1024  # bytes per second; 0: off
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """Per-client request rate (token bucket); beyond it: 429 with Retry-After."""
+
+    requests_per_second: float
+    burst: int = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +302,8 @@ class ListenerConfig:
     redirect_https: bool = False  # http listeners without tls: answer 308 to https://
     sni_routes: tuple[SniRoute, ...] = ()  # tcp listeners: pick the pool by the ClientHello's SNI
     client_hello_timeout: float = 5.0  # tcp listeners with sni_routes
+    max_connections_per_client: int | None = None  # per client address (PROXY/trusted-proxy aware)
+    rate_limit: RateLimitConfig | None = None  # http listeners: per client address
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,4 +326,5 @@ class Config:
     access_log: AccessLogConfig | None = None  # None: off
     drain_timeout: float = 30.0  # graceful shutdown: how long in-flight work may take
     shutdown_delay: float = 0.0  # keep accepting this long after SIGTERM (readyz already failing)
+    workers: int | Literal["auto"] = 1  # processes sharing the listeners; "auto": one per core
     source: str = "<config>"  # the file it was loaded from, for messages
