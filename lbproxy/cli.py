@@ -25,6 +25,20 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon in the foreground")
     run.add_argument("-c", "--config", required=True, help="YAML config file")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--workers",
+        type=_workers_arg,
+        help="worker processes sharing the listeners: a number or 'auto' (one per core); "
+        "overrides 'workers' in the config (default 1: one process)",
+    )
+    run.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="with workers: give each worker its own SO_REUSEPORT socket instead of sharing one",
+    )
+    # set by the supervisor when it starts a worker process; not for people
+    run.add_argument("--worker-channel", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
 
     check = sub.add_parser("check", help="validate a config file and exit")
     check.add_argument("-c", "--config", required=True, help="YAML config file")
@@ -53,12 +67,22 @@ def summarize(config: Config) -> str:
     )
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, worker: int | None = None) -> None:
+    tag = "" if worker is None else f"[worker {worker}] "
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
     )
+
+
+def _workers_arg(text: str) -> int | str:
+    from lbproxy.config.loader import parse_workers
+
+    try:
+        return parse_workers("auto" if text == "auto" else int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _load_or_report(path: str) -> Config | None:
@@ -100,10 +124,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.worker_channel is not None:
+        return _run_worker(args)
     setup_logging(args.log_level)
     config = _load_or_report(args.config)
     if config is None:
         return 1
+    from lbproxy.runtime.supervisor import resolve_workers
+
+    workers = resolve_workers(args.workers if args.workers is not None else config.workers)
+    if workers > 1:
+        return _run_supervisor(args, config, workers)
     from lbproxy.runtime.daemon import Daemon
 
     async def main() -> int:
@@ -116,6 +147,53 @@ def cmd_run(args: argparse.Namespace) -> int:
         _install_signals(daemon)
         await daemon.run_until_stopped()
         return 0
+
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        return runner.run(main())
+
+
+def _run_supervisor(args: argparse.Namespace, config: Config, workers: int) -> int:
+    from lbproxy.runtime.supervisor import Supervisor
+
+    async def main() -> int:
+        supervisor = Supervisor(
+            config,
+            workers,
+            sharing="reuseport" if args.reuse_port else "shared",
+            log_level=args.log_level,
+            workers_from_cli=args.workers is not None,
+        )
+        loop = asyncio.get_running_loop()
+        for sig, command in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"), (signal.SIGHUP, "reload"),
+                             (signal.SIGUSR1, "reopen")):  # fmt: skip
+            loop.add_signal_handler(sig, supervisor.request, command)
+        return await supervisor.run()
+
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        return runner.run(main())
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    """A worker process (started by the supervisor): it stops on SIGTERM or when the supervisor
+    goes away; Ctrl-C and SIGHUP reach the supervisor, which tells the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    setup_logging(args.log_level, worker=args.worker_index)
+    import socket
+
+    from lbproxy.runtime.worker import Worker, WorkerError
+
+    async def main() -> int:
+        worker = Worker(socket.socket(fileno=args.worker_channel), args.worker_index)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, worker.request_stop)
+        loop.add_signal_handler(signal.SIGUSR1, worker.reopen_logs)
+        try:
+            await worker.start()
+        except (WorkerError, OSError) as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+        return await worker.run()
 
     with asyncio.Runner(loop_factory=_new_loop) as runner:
         return runner.run(main())

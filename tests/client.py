@@ -146,3 +146,26 @@ async def fetch(addr: str, port: int, method: str = "GET", path: str = "/", **kw
         return await conn.request(method, path, **kwargs)
     finally:
         await conn.close()
+
+
+class ResponseStream:
+    """Reads consecutive responses from one connection with one parser, so pipelined responses
+    that arrive in a single read are all kept (``Connection.read_response`` keeps only one)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.state = _Parser()
+        self.state.parser = httptools.HttpResponseParser(self.state)
+
+    async def next(self, timeout: float = 10.0) -> Response:
+        state = self.state
+        async with asyncio.timeout(timeout):
+            while not state.responses:
+                data = await self.conn.reader.read(65536)
+                if not data:
+                    if state.headers and not state.done:
+                        state._finish()
+                        break
+                    raise ConnectionError("connection closed before a response")
+                state.parser.feed_data(data)
+        return state.responses.pop(0)

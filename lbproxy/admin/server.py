@@ -7,6 +7,9 @@ Backend actions (POST only; with ``admin.token`` set, ``Authorization: Bearer TO
 
 Not on the data path, so it uses asyncio streams and answers one request per connection
 (``Connection: close``). Requests are bounded: 8 KiB of head, 5 s to send it.
+
+What it serves comes from an ``AdminTarget``: a single-process ``Daemon``, or with ``workers: N``
+the ``Supervisor``, which answers for the whole daemon by asking every worker and merging.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ import logging
 import re
 import urllib.parse
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from lbproxy import __version__
 from lbproxy.admin.dashboard import PAGE
-from lbproxy.admin.metrics import CONTENT_TYPE, make_registry, render
+from lbproxy.admin.metrics import CONTENT_TYPE
 from lbproxy.l7.listener import HttpListener
 from lbproxy.l7.responses import status_line
 from lbproxy.net.bind import bind_socket, bound_address
@@ -31,7 +34,8 @@ if TYPE_CHECKING:
     import socket
 
     from lbproxy.config.model import Address, AdminConfig
-    from lbproxy.runtime.daemon import Daemon
+    from lbproxy.pool.backend import Backend
+    from lbproxy.pool.pool import Pool
 
 log = logging.getLogger("lbproxy.admin")
 
@@ -69,13 +73,54 @@ def _weight_from(request: AdminRequest) -> int | None:
     return weight if 1 <= weight <= 1000 else None
 
 
-class AdminServer:
-    """Serves the admin endpoints of one daemon."""
+class AdminTarget(Protocol):
+    """What the admin listener serves: a ``Daemon``, or the ``Supervisor`` of several workers."""
 
-    def __init__(self, daemon: Daemon, config: AdminConfig, *, sock: socket.socket | None = None) -> None:
-        self.daemon = daemon
+    ready: bool  # /readyz
+
+    async def status_document(self) -> dict[str, object]:
+        """The /status JSON document."""
+        ...
+
+    async def metrics_text(self) -> bytes:
+        """The /metrics body (Prometheus text format)."""
+        ...
+
+    async def backend_action(
+        self, pool: str, backend: str, action: str, weight: int | None
+    ) -> tuple[int, dict[str, object] | str]:
+        """Apply drain | disable | enable | weight; ``(200, backend view)`` or ``(404, why)``."""
+        ...
+
+    async def reload_from_file(self) -> tuple[bool, list[str]]:
+        """Re-read the config file: ``(applied, problems or restart notes)``."""
+        ...
+
+
+def apply_backend_action(pool: Pool, backend: Backend, action: str, weight: int | None) -> None:
+    """Apply one admin action to ``backend`` (``weight`` is required for ``weight``)."""
+    if action == "drain":
+        backend.set_admin("draining", "by admin request")
+    elif action == "disable":
+        backend.set_admin("disabled", "by admin request")
+    elif action == "enable":
+        backend.set_admin("ready", "by admin request")
+    elif action == "weight" and weight is not None:
+        log.info("pool %s backend %s weight %s -> %d by admin request", pool.name, backend.label, backend.base_weight, weight)
+        ramping = backend.weight != backend.base_weight
+        backend.base_weight = weight
+        if not ramping:
+            backend.weight = weight
+    else:
+        raise ValueError(f"unknown admin action {action!r} (weight={weight!r})")
+
+
+class AdminServer:
+    """Serves the admin endpoints of one ``AdminTarget``."""
+
+    def __init__(self, target: AdminTarget, config: AdminConfig, *, sock: socket.socket | None = None) -> None:
+        self.target = target
         self.config = config
-        self.registry = make_registry(daemon)
         self._sock = sock
         self._server: asyncio.AbstractServer | None = None
 
@@ -147,7 +192,7 @@ class AdminServer:
         if handler is not None:
             if request.method not in ("GET", "HEAD"):
                 return 405, "text/plain", b"method not allowed: use GET\n"
-            return handler()
+            return await handler()
         match = BACKEND_ACTION.fullmatch(request.path)
         if match is None and request.path != "/reload":
             return 404, "text/plain", b"not found\n"
@@ -160,54 +205,43 @@ class AdminServer:
             return 401, "text/plain", b"missing or wrong bearer token\n"
         if match is None:
             return await self._reload()
-        return self._backend_action(match["pool"], match["backend"], match["action"], request)
+        return await self._backend_action(match["pool"], match["backend"], match["action"], request)
 
     async def _reload(self) -> tuple[int, str, bytes]:
-        applied, messages = await self.daemon.reload_from_file()
+        applied, messages = await self.target.reload_from_file()
         body = json.dumps({"applied": applied, "messages": messages}, indent=2).encode() + b"\n"
         return (200 if applied else 400), "application/json", body
 
-    def _backend_action(self, pool_name: str, label: str, action: str, request: AdminRequest) -> tuple[int, str, bytes]:
-        pool = self.daemon.pools.get(pool_name)
-        if pool is None:
-            return 404, "text/plain", f"no pool {pool_name!r}\n".encode()
-        backend = pool.by_label.get(label)
-        if backend is None:
-            return 404, "text/plain", f"pool {pool_name!r} has no backend {label!r}\n".encode()
-        if action == "drain":
-            backend.set_admin("draining", "by admin request")
-        elif action == "disable":
-            backend.set_admin("disabled", "by admin request")
-        elif action == "enable":
-            backend.set_admin("ready", "by admin request")
-        else:  # weight
+    async def _backend_action(
+        self, pool_name: str, label: str, action: str, request: AdminRequest
+    ) -> tuple[int, str, bytes]:
+        weight = None
+        if action == "weight":
             weight = _weight_from(request)
             if weight is None:
                 return 400, "text/plain", b"give the weight as ?weight=N or a JSON body {\"weight\": N}, 1-1000\n"
-            log.info("pool %s backend %s weight %s -> %d by admin request", pool.name, label, backend.base_weight, weight)
-            ramping = backend.weight != backend.base_weight
-            backend.base_weight = weight
-            if not ramping:
-                backend.weight = weight
-        view = self.daemon.backend_status(pool, backend)
-        return 200, "application/json", json.dumps(view).encode() + b"\n"
+        status, view = await self.target.backend_action(pool_name, label, action, weight)
+        if isinstance(view, str):
+            return status, "text/plain", view.encode()
+        return status, "application/json", json.dumps(view).encode() + b"\n"
 
-    def _dashboard(self) -> tuple[int, str, bytes]:
+    async def _dashboard(self) -> tuple[int, str, bytes]:
         return 200, "text/html; charset=utf-8", DASHBOARD
 
-    def _healthz(self) -> tuple[int, str, bytes]:
+    async def _healthz(self) -> tuple[int, str, bytes]:
         return 200, "text/plain", b"ok\n"
 
-    def _readyz(self) -> tuple[int, str, bytes]:
-        if self.daemon.ready:
+    async def _readyz(self) -> tuple[int, str, bytes]:
+        if self.target.ready:
             return 200, "text/plain", b"ready\n"
         return 503, "text/plain", b"not ready: shutting down\n"
 
-    def _metrics(self) -> tuple[int, str, bytes]:
-        return 200, CONTENT_TYPE, render(self.registry)
+    async def _metrics(self) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE, await self.target.metrics_text()
 
-    def _status(self) -> tuple[int, str, bytes]:
-        return 200, "application/json", json.dumps(self.daemon.status(), indent=2).encode() + b"\n"
+    async def _status(self) -> tuple[int, str, bytes]:
+        document = await self.target.status_document()
+        return 200, "application/json", json.dumps(document, indent=2).encode() + b"\n"
 
     async def _send(
         self,

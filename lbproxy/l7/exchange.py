@@ -3,15 +3,18 @@
 How this works:
 - The session creates an Exchange when httptools starts parsing a request. Parser callbacks fill
   in the request; ``prepare`` (at end of headers) validates it, picks the route and builds the
-  upstream request head, or records a local response (404, 400, ...).
+  upstream request head, or records a local response (404, 417, ...).
 - Exchanges of one client connection are served strictly in order (pipelining). Only the session's
   ``current`` exchange talks to a backend; the ones behind it buffer their (bounded) request bytes.
 - ``start`` (when the exchange becomes current and is prepared) picks a backend and takes an idle
   upstream connection or dials one; the request head and buffered body go out on attach, later
   body chunks go straight through, re-framed (the client's framing is never forwarded verbatim).
+  ``Expect: 100-continue`` is answered by lbproxy itself once an upstream connection is attached
+  (and not forwarded), so uploads neither stall nor start before there is somewhere to send them.
 - The upstream connection calls back ``upstream_head`` / ``upstream_body`` / ``upstream_complete``
   / ``upstream_failed``. The response is re-framed for the client too (chunked for HTTP/1.1 when
   the length is unknown, close-delimited for HTTP/1.0).
+- After a ``101`` the exchange becomes a tunnel: raw bytes both ways until either side closes.
 - The session's ``finish`` is called exactly once per exchange; it releases the backend, counts the
   request and moves on to the next exchange or closes the connection.
 """
@@ -21,13 +24,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from lbproxy.errors import DownstreamError, NoBackend, UpstreamError
+from lbproxy.errors import BadResponse, DownstreamError, NoBackend, UpstreamError
 from lbproxy.l7.headers import (
     FORWARDING,
     HOP_BY_HOP,
     connection_tokens,
     format_host_header,
     new_request_id,
+    valid_host,
     valid_request_id,
 )
 from lbproxy.l7.responses import error_response, status_line
@@ -47,6 +51,9 @@ log = logging.getLogger("lbproxy.l7")
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 BUFFER_HIGH_WATER = 256 * 1024  # request bytes held while no upstream is attached
 LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_RETRY_AFTER = ((b"Retry-After", b"1"),)
+_KEEP_ALIVE = ((b"Connection", b"keep-alive"),)
 
 
 class Exchange:
@@ -72,6 +79,7 @@ class Exchange:
         "request_complete",
         "request_chunked",
         "expect_continue",
+        "continue_sent",
         "upgrade",
         "body_bytes",
         "body_sent",
@@ -114,9 +122,10 @@ class Exchange:
         self.request_complete = False
         self.request_chunked = False
         self.expect_continue = False
+        self.continue_sent = False
         self.upgrade: bytes | None = None
         self.body_bytes = 0
-        self.body_sent = False
+        self.body_sent = False  # a byte after the head went upstream: a retry can't replay it
         self.buffer: list[bytes] = []
         self.buffered = 0
         self.retried = False
@@ -140,14 +149,17 @@ class Exchange:
     def prepare(self, parser: httptools.HttpRequestParser) -> None:
         """Validate the request head, route it and build the upstream head.
 
-        Raises DownstreamError for a request that must be refused with a 4xx and a close.
-        Records a local response (``respond_locally``) when no route matches.
+        Raises DownstreamError for a request that must be refused with a 4xx/5xx and a close
+        (RFC 9112's framing and Host rules, the request-smuggling family). Records a local
+        response (``respond_locally``) when no route matches or an expectation can't be met.
         """
         session = self.session
         listener = session.listener
         version = parser.get_http_version()
         if version == "1.0":
             self.http10 = True
+        elif version == "0.9":
+            raise DownstreamError("invalid request line")  # llhttp's reading of a missing version
         elif version != "1.1":
             raise DownstreamError(f"unsupported HTTP version {version}", 505)
         self.method = method = parser.get_method()
@@ -159,6 +171,7 @@ class Exchange:
         host_count = 0
         content_length: bytes | None = None
         transfer_encoding: bytes | None = None
+        expect: bytes | None = None
         conn_listed: list[bytes] = []
         upgrade: bytes | None = None
         xff: bytes | None = None
@@ -168,11 +181,10 @@ class Exchange:
         kept: list[tuple[bytes, bytes]] = []
         for name, value in self.headers:
             lname = name.lower()
-            if lname in HOP_BY_HOP or lname in FORWARDING or lname == b"content-length" or lname == b"host":
+            if lname in HOP_BY_HOP or lname in FORWARDING or lname in _SPECIAL:
                 if lname == b"host":
                     host_count += 1
                     host_value = value
-                    kept.append((name, value))
                 elif lname == b"content-length":
                     content_length = value
                 elif lname == b"transfer-encoding":
@@ -181,6 +193,8 @@ class Exchange:
                     conn_listed.extend(connection_tokens(value))
                 elif lname == b"upgrade":
                     upgrade = value
+                elif lname == b"expect":
+                    expect = value
                 elif lname == b"x-forwarded-for":
                     xff = value if xff is None else xff + b", " + value
                 elif lname == b"x-forwarded-proto":
@@ -192,21 +206,27 @@ class Exchange:
                 elif lname == b"forwarded" and session.trusted:
                     kept.append((name, value))
                 continue
-            if lname == b"expect":
-                if value.strip().lower() == b"100-continue":
-                    self.expect_continue = True
             kept.append((name, value))
 
-        # -- framing and host rules (RFC 9112; the smuggling family) --
+        # -- framing and Host rules (RFC 9112; the smuggling family) --
         if host_count > 1:
             raise DownstreamError("more than one Host header")
-        if host_count == 0 and not self.http10:
-            raise DownstreamError("missing Host header")
+        if host_value is None:
+            if not self.http10:
+                raise DownstreamError("missing Host header")
+            # An HTTP/1.0 client meant the address it connected to; HTTP/1.1 upstream needs a Host.
+            address, port = session.local_address
+            host_value = (f"[{address}]:{port}" if ":" in address else f"{address}:{port}").encode("ascii")
+        elif not valid_host(host_value):
+            raise DownstreamError("invalid Host header")
         if transfer_encoding is not None:
             if self.http10:
                 raise DownstreamError("Transfer-Encoding on HTTP/1.0")
-            if transfer_encoding.strip().lower() != b"chunked":
-                raise DownstreamError("unsupported Transfer-Encoding", 501)
+            codings = connection_tokens(transfer_encoding)
+            if not codings or codings[-1] != b"chunked":
+                raise DownstreamError("Transfer-Encoding must end with chunked")
+            if len(codings) > 1:
+                raise DownstreamError("unsupported transfer coding", 501)
             self.request_chunked = True
         has_body = self.request_chunked
         if content_length is not None:
@@ -214,37 +234,53 @@ class Exchange:
             limit = listener.limits.max_body_bytes
             if limit is not None and declared > limit:
                 raise DownstreamError(f"request body of {declared} bytes exceeds the limit of {limit}", 413)
+            content_length = b"%d" % declared
             has_body = declared > 0
 
         url = self.url
-        if url[:1] != b"/" and url != b"*":
-            # absolute-form: the authority in the target overrides Host (RFC 9112 section 3.2.2)
-            scheme, sep, rest = url.partition(b"://")
-            if not sep or scheme.lower() not in (b"http", b"https"):
-                raise DownstreamError("invalid request target")
-            authority, slash, path = rest.partition(b"/")
-            if not authority or b"@" in authority:
-                raise DownstreamError("invalid request target")
-            host_value = authority
-            url = slash + path if slash else b"/"
-            kept = [(n, v) for n, v in kept if n.lower() != b"host"]
-            kept.append((b"Host", authority))
-        self.host = format_host_header(host_value).decode("latin-1") if host_value is not None else ""
+        if b"#" in url:
+            raise DownstreamError("invalid request target (fragment)")
+        if url[:1] != b"/":
+            if url == b"*":
+                if method != b"OPTIONS":
+                    raise DownstreamError("invalid request target")
+            else:
+                # absolute-form: the authority in the target overrides Host (RFC 9112 section 3.2.2)
+                scheme, sep, rest = url.partition(b"://")
+                if not sep or scheme.lower() not in (b"http", b"https"):
+                    raise DownstreamError("invalid request target")
+                authority, slash, target_path = rest.partition(b"/")
+                if not authority or not valid_host(authority):
+                    raise DownstreamError("invalid request target")
+                host_value = authority
+                url = slash + target_path if slash else b"/"
+        self.host = format_host_header(host_value).decode("latin-1")
 
         # Names listed in Connection are hop-by-hop too; removing them happens before lbproxy
-        # adds its own headers, so a client can't strip X-Forwarded-* or X-Request-Id.
+        # adds its own headers (Host, X-Forwarded-*, X-Request-Id, framing), so a client can't
+        # strip those.
         if conn_listed:
             listed = set(conn_listed)
             if b"upgrade" in listed and upgrade is not None:
+                if self.http10 or has_body:
+                    raise DownstreamError("invalid protocol upgrade request")
                 self.upgrade = upgrade
             kept = [(n, v) for n, v in kept if n.lower() not in listed]
-        if upgrade is not None and self.upgrade is None:
-            upgrade = None
 
         if request_id is not None and valid_request_id(request_id):
             self.request_id = request_id
         else:
             self.request_id = new_request_id()
+
+        if not has_body:
+            self.request_complete = True
+        if expect is not None:
+            if expect.lower() != b"100-continue":
+                self.respond_locally(417, "only 'Expect: 100-continue' is supported")
+                self.prepared = True
+                return
+            # An HTTP/1.0 client must not be sent a 1xx (RFC 9110 section 15.2).
+            self.expect_continue = has_body and not self.http10
 
         path = url.partition(b"?")[0].decode("latin-1")
         route = listener.router.match(self.host, path)
@@ -256,15 +292,12 @@ class Exchange:
 
         client = session.client_host.encode("ascii")
         trusted = session.trusted
-        parts = [method, b" ", url, b" HTTP/1.1\r\n"]
+        parts = [method, b" ", url, b" HTTP/1.1\r\nHost: ", host_value, b"\r\n"]
         for name, value in kept:
             parts += (name, b": ", value, b"\r\n")
         parts += (b"X-Forwarded-For: ", xff + b", " + client if trusted and xff else client, b"\r\n")
         parts += (b"X-Forwarded-Proto: ", xf_proto if trusted and xf_proto else b"http", b"\r\n")
-        if trusted and xf_host:
-            parts += (b"X-Forwarded-Host: ", xf_host, b"\r\n")
-        elif host_value is not None:
-            parts += (b"X-Forwarded-Host: ", host_value, b"\r\n")
+        parts += (b"X-Forwarded-Host: ", xf_host if trusted and xf_host else host_value, b"\r\n")
         parts += (b"X-Request-Id: ", self.request_id, b"\r\n")
         if self.request_chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
@@ -276,11 +309,11 @@ class Exchange:
         self.head = b"".join(parts)
         self.headers = kept
         self.prepared = True
-        if not has_body:
-            self.request_complete = True
 
     def request_body(self, chunk: bytes) -> None:
-        """A piece of the (de-chunked) request body from the parser."""
+        """A piece of the (de-chunked) request body from the parser.
+
+        Raises DownstreamError (413) beyond ``max_body_bytes``."""
         if self.finished:
             return
         self.body_bytes += len(chunk)
@@ -305,18 +338,19 @@ class Exchange:
         else:
             self.buffer.append(chunk)
         self.buffered += len(chunk)
-        if self.buffered > BUFFER_HIGH_WATER:
-            self.session.set_buffer_full(True)
+        if self.buffered > BUFFER_HIGH_WATER and not self.session.read_paused_by_buffer:
+            self.session.update_buffer_pause()
 
     def request_end(self) -> None:
         """The parser saw the end of the request message."""
         self.request_complete = True
-        if self.finished or not self.request_chunked or self.route is None:
+        if self.finished or not self.request_chunked or self.route is None or self.local_response is not None:
             return
         upstream = self.upstream
         if upstream is not None:
             assert upstream.transport is not None
             upstream.transport.write(LAST_CHUNK)
+            self.body_sent = True
         else:
             self.buffer.append(LAST_CHUNK)
 
@@ -326,6 +360,11 @@ class Exchange:
             self._write_local()
             return
         self._dispatch()
+
+    def waiting_on_client(self) -> bool:
+        """Whether the request body is incomplete and lbproxy isn't the one holding it back:
+        the client's own timer (``client_timeout``) bounds that wait, not the backend's."""
+        return not self.request_complete and not self.session.read_paused_by_upstream
 
     # == backend selection and connection ======================================================
 
@@ -395,25 +434,33 @@ class Exchange:
 
     def _attach(self, conn: UpstreamConnection) -> None:
         assert self.route is not None
+        session = self.session
         self.upstream = conn
         conn.attach(self, self.route.pool.config.response_timeout)
+        if session.writing_paused:
+            conn.pause_reading()
         transport = conn.transport
         assert transport is not None
-        transport.write(self.head)
-        if self.buffer:
-            transport.writelines(self.buffer)
-            self.body_sent = self.buffered > 0
+        buffer = self.buffer
+        if buffer:
+            transport.writelines((self.head, *buffer))
+            self.body_sent = True
             self.buffer = []
             self.buffered = 0
-            self.session.set_buffer_full(False)
-        if self.session.read_paused_by_upstream:
-            self.session.set_upstream_paused(False)
+            if session.read_paused_by_buffer:
+                session.update_buffer_pause()
+        else:
+            transport.write(self.head)
+        if self.expect_continue and not self.continue_sent and not self.request_complete:
+            self.continue_sent = True
+            session.write(CONTINUE)
 
     # == response side (called by UpstreamConnection) ==========================================
 
     def upstream_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        """A 1xx (not 101) response: relay it to HTTP/1.1 clients."""
-        if self.http10 or self.finished:
+        """A 1xx (not 101) response: relay it to HTTP/1.1 clients. A 100 is never relayed:
+        lbproxy answers ``Expect: 100-continue`` itself and doesn't forward it."""
+        if self.http10 or self.finished or status == 100:
             return
         parts = [status_line(status)]
         for name, value in headers:
@@ -423,15 +470,18 @@ class Exchange:
         self.session.write(b"".join(parts))
 
     def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
-        """The final response head arrived. Returns True when the response has no body."""
+        """The final response head (or a validated 101) arrived: relay it, re-framed.
+
+        Returns True when the response has no body. Raises BadResponse when the response can't
+        be relayed faithfully (a transfer coding other than chunked)."""
         self.status = status
         if self.backend is not None:
             self.backend.note_status(status)
         if self.finished:
             return True
-        no_body = status < 200 or status in (204, 304) or self.method == b"HEAD"
+        no_body = status < 200 or status == 204 or status == 304 or self.method == b"HEAD"
         content_length: bytes | None = None
-        chunked = False
+        transfer_encoding: bytes | None = None
         listed: list[bytes] = []
         upgrade: bytes | None = None
         kept: list[tuple[bytes, bytes]] = []
@@ -439,7 +489,7 @@ class Exchange:
             lname = name.lower()
             if lname in HOP_BY_HOP:
                 if lname == b"transfer-encoding":
-                    chunked = True
+                    transfer_encoding = value if transfer_encoding is None else transfer_encoding + b"," + value
                 elif lname == b"connection":
                     listed.extend(connection_tokens(value))
                 elif lname == b"upgrade":
@@ -448,19 +498,26 @@ class Exchange:
             if lname == b"content-length":
                 content_length = value
                 continue
+            if lname == b"x-request-id":
+                continue  # lbproxy's own is added below
             kept.append((name, value))
         if listed:
             drop = set(listed)
             kept = [(n, v) for n, v in kept if n.lower() not in drop]
+        chunked = False
+        if transfer_encoding is not None and not no_body:
+            if connection_tokens(transfer_encoding) != [b"chunked"]:
+                raise BadResponse(f"unsupported Transfer-Encoding from backend: {transfer_encoding!r}")
+            chunked = True
 
         session = self.session
-        tunnel = status == 101 and self.upgrade is not None
-        close = not self.keep_alive or session.closing or (self.upgrade is not None and not tunnel)
+        tunnel = status == 101  # UpstreamConnection lets a 101 through only for an upgrade
+        close = not self.keep_alive or session.last_response() or (self.upgrade is not None and not tunnel)
         if no_body:
             if content_length is not None and (self.method == b"HEAD" or status == 304):
                 kept.append((b"Content-Length", content_length))
         elif content_length is not None and not chunked:
-            kept.append((b"Content-Length", content_length))
+            kept.append((b"Content-Length", b"%d" % int(content_length)))
         else:
             self.response_close_delimited = not chunked
             if self.http10:
@@ -468,7 +525,7 @@ class Exchange:
             else:
                 self.response_chunked = True
                 kept.append((b"Transfer-Encoding", b"chunked"))
-        self.close_after = close
+        self.close_after = close or tunnel
 
         parts = [status_line(status)]
         for name, value in kept:
@@ -503,12 +560,15 @@ class Exchange:
         self.session.finish(self)
 
     def upstream_failed(self, error: UpstreamError, retryable: bool) -> None:
-        """The upstream connection broke or timed out while serving this exchange."""
+        """The upstream connection broke or timed out while serving this exchange.
+
+        ``retryable``: the connection was a reused one and nothing of a response came back, so
+        the backend most likely closed it while idle; an idempotent request whose body was not
+        sent is then tried once more on a fresh connection."""
         self.upstream = None
         if self.finished:
             return
         if retryable and not self.retried and not self.body_sent and self.method in IDEMPOTENT:
-            # A reused keep-alive connection that the backend had closed: try once more, fresh.
             self.retried = True
             assert self.backend is not None
             self._dial(self.backend)
@@ -533,23 +593,34 @@ class Exchange:
             self.tunnel_from_upstream(extra)
         pending = self.tunnel_buffer
         self.tunnel_buffer = None
+        self.buffered = 0
         if pending and self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.writelines(pending)
+        self.session.update_buffer_pause()
 
     def tunnel_from_client(self, data: bytes) -> None:
         upstream = self.upstream
         if self.tunnel_open and upstream is not None and upstream.transport is not None:
             upstream.transport.write(data)
             return
+        if self.finished:
+            return
         if self.tunnel_buffer is None:
             self.tunnel_buffer = []
         self.tunnel_buffer.append(data)
-        if sum(len(b) for b in self.tunnel_buffer) > BUFFER_HIGH_WATER:
-            self.session.set_buffer_full(True)
+        self.buffered += len(data)
+        if self.buffered > BUFFER_HIGH_WATER:
+            self.session.update_buffer_pause()
 
     def tunnel_from_upstream(self, data: bytes) -> None:
         self.bytes_out += len(data)
         self.session.write(data)
+
+    def tunnel_client_eof(self) -> None:
+        """The client closed its side of the tunnel: close the upstream after what it was sent."""
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.close()
 
     def tunnel_closed(self, exc: Exception | None) -> None:
         self.upstream = None
@@ -562,12 +633,17 @@ class Exchange:
     def respond_locally(self, status: int, message: str, *, close: bool = False) -> None:
         """Answer with a short error page of lbproxy's own (now, or when this exchange's turn comes)."""
         self.status = status
-        self.local_close = close or not self.keep_alive or self.session.closing
+        session = self.session
+        self.local_close = close = (
+            close or not self.keep_alive or session.last_response() or self.upgrade is not None
+        )
         extra: tuple[tuple[bytes, bytes], ...] = ()
         if status == 503:
-            extra = ((b"Retry-After", b"1"),)
+            extra = _RETRY_AFTER
+        if self.http10 and not close:
+            extra += _KEEP_ALIVE
         self.local_response = error_response(
-            status, message, close=self.local_close, request_id=self.request_id or None, extra_headers=extra
+            status, message, close=close, request_id=self.request_id or None, extra_headers=extra
         )
 
     def _write_local(self) -> None:
@@ -585,7 +661,7 @@ class Exchange:
             if not self.finished:
                 self.session.finish(self)
             return
-        # The request body may be half sent: close unless it was complete.
+        # The request body may be half sent: the session closes (lingering) unless it was complete.
         self.respond_locally(error.status, str(error), close=not self.request_complete)
         self._write_local()
 
@@ -609,3 +685,6 @@ class Exchange:
             f"finished={self.finished}>"
         )
 
+
+# Request fields handled by name in ``prepare`` besides hop-by-hop and forwarding ones.
+_SPECIAL = frozenset({b"host", b"content-length", b"expect"})

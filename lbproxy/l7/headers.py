@@ -3,9 +3,9 @@
 Hop-by-hop headers (RFC 9110 section 7.6.1) are removed in both directions: ``Connection`` and
 every name it lists, plus ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Transfer-Encoding``,
 ``Upgrade`` (re-added only when tunnelling) and ``Trailer``. lbproxy re-frames bodies itself, so
-the client's framing is never forwarded verbatim. Headers lbproxy adds (``X-Forwarded-*``,
-``X-Request-Id``) are added after the ``Connection``-listed names are stripped, so a client can't
-use ``Connection:`` to remove them.
+the client's framing is never forwarded verbatim. Headers lbproxy sets itself (``Host``,
+``X-Forwarded-*``, ``X-Request-Id``, the framing) are added after the ``Connection``-listed names
+are stripped, so a client can't use ``Connection:`` to remove them.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ FORWARDING: frozenset[bytes] = frozenset(
 )
 
 _REQUEST_ID_OK = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
+# RFC 3986 authority without userinfo: an IP-literal or a reg-name (possibly empty), then a port.
+_HOST_OK = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?$")
 _id_prefix = os.urandom(6).hex().encode("ascii")
 _id_counter = itertools.count(1)
 
@@ -45,6 +47,12 @@ def connection_tokens(value: bytes) -> list[bytes]:
 def valid_request_id(value: bytes) -> bool:
     """Whether a client-supplied ``X-Request-Id`` is safe to keep (printable token, <= 128)."""
     return _REQUEST_ID_OK.match(value) is not None
+
+
+def valid_host(value: bytes) -> bool:
+    """Whether ``value`` is a syntactically valid ``Host`` (or absolute-form authority): no
+    whitespace, userinfo or other characters a backend might read differently from us."""
+    return _HOST_OK.match(value) is not None
 
 
 def new_request_id() -> bytes:

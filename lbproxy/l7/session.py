@@ -4,12 +4,21 @@ How this works:
 - httptools parses the client's bytes; its callbacks only record state on the Exchange being
   parsed (``parsing``) and never raise except DownstreamError, which ``data_received`` turns into
   a 4xx answer and a close (uvicorn's rule: a parser error becomes a 400, nothing escapes).
+- A request is started (routed, sent upstream) only after ``feed_data`` returns, so everything
+  that arrived with its head is checked first: a request found malformed in the bytes received
+  so far never reaches a backend.
 - Exchanges are answered in order: ``current`` is served, the ones behind it wait in ``queue``.
-- Reading from the client is paused while the upstream can't take more request bytes, or while
-  bytes are buffered because no upstream is attached yet (dialing, or pipelined behind another).
-- One timer per connection enforces the phase's bound: request-header time (408), client
-  silence during a body (408), keep-alive idleness (silent close). Phases move a deadline; the
-  timer re-arms lazily, so there is no timer churn per request.
+  A malformed pipelined request is answered (400 ...) after the responses owed before it.
+- Reading from the client is paused while the upstream can't take more request bytes, while too
+  many bytes wait because no upstream is attached yet (dialing, or pipelined behind another), and
+  while the client doesn't read what we write: no buffer grows without bound.
+- One timer per connection enforces the phase's bound: request-header time (408), client silence
+  during a body (408; not counted while lbproxy itself holds the client back), keep-alive
+  idleness (silent close), lingering, and closing (abort when the client never reads its last
+  response). Phases move a deadline; the timer re-arms lazily: no timer churn per request.
+- Closing while the client may still be sending (a refused request, a response that ended before
+  its request body did) lingers: send EOF, read and drop input for a short while, then close. A
+  socket closed with unread input answers with a RST that can destroy the response in flight.
 """
 
 from __future__ import annotations
@@ -17,12 +26,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from lbproxy.errors import DownstreamError
-from lbproxy.l7.exchange import Exchange
+from lbproxy.l7.exchange import BUFFER_HIGH_WATER, Exchange
 from lbproxy.l7.responses import error_response
 from lbproxy.net import proxy_protocol
 from lbproxy.net.bind import peer_host
@@ -37,8 +46,11 @@ PHASE_IDLE = 1  # keep-alive, between requests
 PHASE_HEADERS = 2  # reading a request head
 PHASE_BODY = 3  # reading a request body
 PHASE_PROXY_HEADER = 4  # waiting for a PROXY protocol header
+PHASE_LINGER = 5  # EOF sent after a final response; dropping what the client still sends
+PHASE_CLOSING = 6  # close() called; waiting for the write buffer to drain
 
-MAX_PIPELINE = 16
+MAX_PIPELINE = 16  # requests queued behind the one being served before reading pauses
+LINGER_TIMEOUT = 2.0  # at most this long (and at most client_timeout) in PHASE_LINGER
 _INF = float("inf")
 
 
@@ -57,15 +69,22 @@ class HttpSession(asyncio.Protocol):
         "current",
         "parsing",
         "queue",
+        "start_pending",
+        "refusal",
         "phase",
         "deadline",
         "timer",
         "header_bytes",
+        "head_raw",
         "closing",
         "closed",
+        "writable",
+        "discarding",
+        "writing_paused",
         "reading_paused",
         "read_paused_by_upstream",
         "read_paused_by_buffer",
+        "read_paused_by_writes",
         "tunnel",
         "upgrade_exchange",
         "proxy_buffer",
@@ -84,15 +103,22 @@ class HttpSession(asyncio.Protocol):
         self.current: Exchange | None = None
         self.parsing: Exchange | None = None
         self.queue: deque[Exchange] = deque()
+        self.start_pending = False  # ``current`` is prepared; start it once feed_data returns
+        self.refusal: bytes | None = None  # error response owed after the exchanges in flight
         self.phase = PHASE_NONE
         self.deadline = _INF
         self.timer: asyncio.TimerHandle | None = None
-        self.header_bytes = 0
+        self.header_bytes = 0  # request line and fields of the message being parsed (exact)
+        self.head_raw = 0  # raw bytes fed while a head was incomplete (guards one endless field)
         self.closing = False
         self.closed = False
+        self.writable = False
+        self.discarding = False  # nothing more is parsed: input is read and dropped
+        self.writing_paused = False
         self.reading_paused = False
         self.read_paused_by_upstream = False
         self.read_paused_by_buffer = False
+        self.read_paused_by_writes = False
         self.tunnel: Exchange | None = None
         self.upgrade_exchange: Exchange | None = None
         self.proxy_buffer: bytes | None = None
@@ -101,12 +127,13 @@ class HttpSession(asyncio.Protocol):
     # == asyncio.Protocol =======================================================================
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport = cast(asyncio.Transport, transport)
         listener = self.listener
         if not listener.admit(self):
             transport.abort()
             self.closed = True
             return
+        self.writable = True
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         self.client_host = peer_host(peer)
@@ -126,6 +153,8 @@ class HttpSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.listener.stats.bytes_in += len(data)
+        if self.discarding:
+            return
         if self.tunnel is not None:
             self.tunnel.tunnel_from_client(data)
             return
@@ -136,15 +165,13 @@ class HttpSession(asyncio.Protocol):
             data = self._read_proxy_header(data)
             if not data:
                 return
-        if self.phase <= PHASE_HEADERS:
-            self.header_bytes += len(data)
+        parsing = self.parsing
+        if parsing is not None and not parsing.prepared:
+            self.head_raw += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._on_upgrade(data, upgrade)
-            return
-        except DownstreamError as exc:
-            self._refuse(exc.status, str(exc))
             return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
@@ -157,19 +184,31 @@ class HttpSession(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse(400, f"malformed request: {exc}")
             return
-        if self.phase == PHASE_HEADERS and self.header_bytes > self.listener.limits.max_header_bytes:
+        if self.start_pending:
+            self._start_current()
+        parsing = self.parsing
+        if parsing is not None and not parsing.prepared and self.head_raw > self.listener.limits.max_header_bytes:
             self._refuse(431, "request header too large")
 
     def eof_received(self) -> bool:
-        # A client that half-closes after its request still gets the response.
-        if self.current is None and self.parsing is None:
+        if self.phase == PHASE_LINGER:
+            self._close()  # the client stopped sending: the linger is over
+            return False
+        if self.tunnel is not None:
+            self.tunnel.tunnel_client_eof()  # closing the upstream side closes this one after
+            return True
+        if self.parsing is not None or self.upgrade_exchange is not None or self.current is None:
+            # Nothing in flight, or a request cut short that can never complete.
             self._close()
             return False
+        # A client that half-closes after its requests still gets the responses.
         self.closing = True
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.writable = False
+        self.refusal = None
         self.listener.forget(self)
         if self.timer is not None:
             self.timer.cancel()
@@ -177,6 +216,8 @@ class HttpSession(asyncio.Protocol):
         pending = [self.current, *self.queue] if self.current is not None else list(self.queue)
         if self.parsing is not None and self.parsing not in pending:
             pending.append(self.parsing)
+        if self.upgrade_exchange is not None and self.upgrade_exchange not in pending:
+            pending.append(self.upgrade_exchange)
         self.queue.clear()
         for exchange in pending:
             if exchange is not None and not exchange.finished:
@@ -184,18 +225,23 @@ class HttpSession(asyncio.Protocol):
                 self.finish(exchange)
 
     def pause_writing(self) -> None:
+        self.writing_paused = True
         current = self.current
         if current is not None and current.upstream is not None:
-            transport = current.upstream.transport
-            if transport is not None:
-                transport.pause_reading()
+            current.upstream.pause_reading()
+        if self.tunnel is None:
+            # Responses lbproxy writes itself must not pile up for a client that doesn't read.
+            self.read_paused_by_writes = True
+            self._update_reading()
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
         current = self.current
         if current is not None and current.upstream is not None:
-            transport = current.upstream.transport
-            if transport is not None and not transport.is_closing():
-                transport.resume_reading()
+            current.upstream.resume_reading()
+        if self.read_paused_by_writes:
+            self.read_paused_by_writes = False
+            self._update_reading()
 
     # == httptools callbacks ====================================================================
 
@@ -207,43 +253,48 @@ class HttpSession(asyncio.Protocol):
         else:
             self.queue.append(exchange)
             if len(self.queue) >= MAX_PIPELINE:
-                self.set_buffer_full(True)
+                self.update_buffer_pause()
         self.header_bytes = 0
+        self.head_raw = 0
         self._set_phase(PHASE_HEADERS, self.listener.limits.request_header_timeout)
 
     def on_url(self, url: bytes) -> None:
         exchange = self.parsing
         assert exchange is not None
         exchange.url += url
+        self.header_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.parsing
         assert exchange is not None
+        limits = self.listener.limits
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > limits.max_header_bytes:
+            raise DownstreamError("request header too large", 431)
         if exchange.prepared:
-            return  # a trailer field: dropped (never forwarded)
+            return  # a trailer field: counted, then dropped (never forwarded)
         headers = exchange.headers
-        if len(headers) >= self.listener.limits.max_header_count:
+        if len(headers) >= limits.max_header_count:
             raise DownstreamError("too many header fields", 431)
-        headers.append((name, value))
+        # llhttp drops leading whitespace but keeps trailing; a field value has neither.
+        headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         exchange = self.parsing
         assert exchange is not None
         self.requests += 1
-        if self.header_bytes > self.listener.limits.max_header_bytes:
-            raise DownstreamError("request header too large", 431)
         exchange.prepare(self.parser)
         if exchange.request_complete:
             self._set_phase(PHASE_NONE, None)
         else:
-            self._set_phase(PHASE_BODY, self.listener.limits.client_timeout)
+            self._set_phase(PHASE_BODY, self._body_timeout())
         if exchange is self.current:
-            exchange.start()
+            self.start_pending = True
 
     def on_body(self, body: bytes) -> None:
         exchange = self.parsing
         assert exchange is not None
-        if self.phase == PHASE_BODY:
+        if self.phase == PHASE_BODY and self.deadline != _INF:
             self.deadline = self.loop.time() + self.listener.limits.client_timeout
         exchange.request_body(body)
 
@@ -253,68 +304,66 @@ class HttpSession(asyncio.Protocol):
         self.parsing = None
         if self.phase == PHASE_BODY:
             self._set_phase(PHASE_NONE, None)
+        if exchange.upgrade is not None:
+            self.upgrade_exchange = exchange  # httptools raises HttpParserUpgrade next
         exchange.request_end()
+        if self.read_paused_by_buffer:
+            self.update_buffer_pause()
 
     # == used by Exchange =======================================================================
 
     def write(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is not None and not self.closed:
+        if self.writable:
+            assert self.transport is not None
             self.listener.stats.bytes_out += len(data)
-            transport.write(data)
+            self.transport.write(data)
 
     def writelines(self, parts: tuple[bytes, ...]) -> None:
-        transport = self.transport
-        if transport is not None and not self.closed:
+        """Write a body chunk framed as ``(size line, data, CRLF)``."""
+        if self.writable:
+            assert self.transport is not None
             self.listener.stats.bytes_out += len(parts[1])
-            transport.writelines(parts)
+            self.transport.writelines(parts)
 
     def finish(self, exchange: Exchange) -> None:
-        """An exchange is over (answered, failed or cancelled). Called exactly once per exchange."""
+        """An exchange is over (answered, failed or cancelled). Idempotent."""
         if exchange.finished:
             return
-        exchange.finished = True
-        backend = exchange.backend
-        if backend is not None:
-            backend.release()
-        self.listener.record(exchange)
-        if self.closed:
-            return
-        if exchange is not self.current:
+        self._account(exchange)
+        if self.closed or exchange is not self.current:
             return
         self.current = None
-        self._after_exchange(exchange)
-
-    def _after_exchange(self, exchange: Exchange) -> None:
-        if exchange.close_after or not exchange.request_complete or (self.closing and not self.queue):
-            self._close()
-            return
-        if self.queue:
-            nxt = self.queue.popleft()
-            self.current = nxt
-            if len(self.queue) < MAX_PIPELINE and self.read_paused_by_buffer and not nxt.buffer:
-                self.set_buffer_full(False)
-            if nxt.prepared:
-                nxt.start()
-            return
-        if self.parsing is None:
-            self._set_phase(PHASE_IDLE, self.listener.limits.keepalive_timeout)
+        if self.writable:  # else closing or aborted: connection_lost cancels what is queued
+            self._after_exchange(exchange)
 
     def set_upstream_paused(self, paused: bool) -> None:
-        self.read_paused_by_upstream = paused
-        self._update_reading()
+        if paused != self.read_paused_by_upstream:
+            self.read_paused_by_upstream = paused
+            self._update_reading()
 
-    def set_buffer_full(self, full: bool) -> None:
-        self.read_paused_by_buffer = full
-        self._update_reading()
+    def update_buffer_pause(self) -> None:
+        """Pause reading while too many requests are queued or too many request bytes wait for
+        an upstream connection; resume when that is no longer so."""
+        receiving = self.parsing or self.upgrade_exchange
+        full = len(self.queue) >= MAX_PIPELINE or (receiving is not None and receiving.buffered > BUFFER_HIGH_WATER)
+        if full != self.read_paused_by_buffer:
+            self.read_paused_by_buffer = full
+            self._update_reading()
+
+    def last_response(self) -> bool:
+        """Whether the response being started must be the connection's last one (shutdown, or
+        the client sent EOF and nothing else is queued)."""
+        return self.closing and not self.queue
 
     def enter_tunnel(self, exchange: Exchange) -> None:
         self.tunnel = exchange
         self.upgrade_exchange = None
         self._set_phase(PHASE_NONE, None)
+        self.update_buffer_pause()
 
     def abort(self) -> None:
         """Close the client connection at once (RST): used when a response can't be completed."""
+        self.writable = False
         if self.transport is not None and not self.closed:
             self.transport.abort()
 
@@ -328,17 +377,58 @@ class HttpSession(asyncio.Protocol):
 
     # == internals ==============================================================================
 
+    def _start_current(self) -> None:
+        self.start_pending = False
+        current = self.current
+        if current is not None and current.prepared and not current.finished:
+            current.start()
+
+    def _account(self, exchange: Exchange) -> None:
+        """Mark ``exchange`` finished: release its backend and count it (exactly once)."""
+        exchange.finished = True
+        backend = exchange.backend
+        if backend is not None:
+            backend.release()
+        self.listener.record(exchange)
+
+    def _after_exchange(self, exchange: Exchange) -> None:
+        if not exchange.request_complete:
+            self._close_lingering()  # the client may still be sending this request's body
+            return
+        if exchange.close_after:
+            self._close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.current = nxt
+            if self.read_paused_by_buffer:
+                self.update_buffer_pause()
+            if nxt.prepared:
+                nxt.start()
+            return
+        if self.refusal is not None:
+            response, self.refusal = self.refusal, None
+            self.write(response)
+            self._close_lingering()
+            return
+        if self.closing:
+            self._close()
+            return
+        if self.parsing is None:
+            self._set_phase(PHASE_IDLE, self.listener.limits.keepalive_timeout)
+
     def _on_upgrade(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
-        # httptools stops at the end of an Upgrade request; what follows is tunnel payload.
-        exchange = self.current if self.current is not None else self.parsing
-        offset = upgrade.args[0] if upgrade.args else len(data)
-        if exchange is None or exchange.upgrade is None:
+        # httptools stops at the end of an Upgrade request; what follows is tunnel payload, held
+        # by the exchange until the backend answers 101 (or dropped if it doesn't).
+        exchange = self.upgrade_exchange
+        if exchange is None:
             self._refuse(400, "unexpected protocol upgrade")
             return
-        self.upgrade_exchange = exchange
-        self.parsing = None
+        if self.start_pending:
+            self._start_current()
+        offset = upgrade.args[0] if upgrade.args else len(data)
         rest = data[offset:]
-        if rest:
+        if rest and not exchange.finished:
             exchange.tunnel_from_client(rest)
 
     def _read_proxy_header(self, data: bytes) -> bytes:
@@ -364,42 +454,67 @@ class HttpSession(asyncio.Protocol):
         return buffer[consumed:]
 
     def _refuse(self, status: int, message: str) -> None:
-        """Answer a bad request with ``status`` and close; nothing more is read."""
-        log.debug("listener %s: %d for %s: %s", self.listener.name, status, self.client_host, message)
+        """Answer the request being parsed with ``status`` and close, after the responses owed
+        to the requests before it. Nothing more is parsed: input is read and dropped."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("listener %s: %d for %s: %s", self.listener.name, status, self.client_host, message)
         self.listener.count_refused(status)
-        exchange = self.parsing or self.current
-        if exchange is not None and exchange.response_started:
-            self.abort()
-            return
-        if exchange is not None and exchange is not self.current:
-            # Pipelined behind an exchange in flight: the earlier response must come first.
-            self.abort()
-            return
-        if exchange is not None:
-            exchange.cancel("bad_request")
-            exchange.status = status
-            exchange.finished = True
-            if exchange.backend is not None:
-                exchange.backend.release()
-                exchange.backend = None
-            self.listener.record(exchange)
-        self.current = None
+        self.discarding = True
+        self._update_reading()
+        bad = self.parsing
         self.parsing = None
-        request_id = exchange.request_id if exchange is not None else None
-        self.write(error_response(status, message, close=True, request_id=request_id or None))
-        self._close()
+        start_pending, self.start_pending = self.start_pending, False
+        request_id: bytes | None = None
+        if bad is not None:
+            if bad.response_started:
+                # The backend answered before the request was complete: too late for an error.
+                self.abort()
+                return
+            request_id = bad.request_id or None
+            bad.cancel("bad_request")
+            bad.status = status
+            if bad is self.current:
+                self.current = None
+            else:
+                try:
+                    self.queue.remove(bad)
+                except ValueError:
+                    pass
+            if not bad.finished:
+                self._account(bad)
+        response = error_response(status, message, close=True, request_id=request_id)
+        current = self.current
+        if current is None:
+            self.write(response)
+            self._close_lingering()
+            return
+        self.refusal = response
+        if start_pending:
+            current.start()
 
     def _update_reading(self) -> None:
         transport = self.transport
         if transport is None or self.closed:
             return
-        want_paused = self.read_paused_by_upstream or self.read_paused_by_buffer
+        held = self.read_paused_by_upstream or self.read_paused_by_buffer
+        want_paused = not self.discarding and (held or self.read_paused_by_writes)
         if want_paused != self.reading_paused:
             self.reading_paused = want_paused
             if want_paused:
                 transport.pause_reading()
             else:
                 transport.resume_reading()
+        if self.phase == PHASE_BODY:
+            # The client can't be blamed for silence while lbproxy holds it back.
+            if held:
+                self.deadline = _INF
+            elif self.deadline == _INF:
+                self._set_phase(PHASE_BODY, self.listener.limits.client_timeout)
+
+    def _body_timeout(self) -> float | None:
+        if self.read_paused_by_upstream or self.read_paused_by_buffer:
+            return None
+        return self.listener.limits.client_timeout
 
     def _set_phase(self, phase: int, timeout: float | None) -> None:
         self.phase = phase
@@ -426,20 +541,42 @@ class HttpSession(asyncio.Protocol):
             self.timer = self.loop.call_at(deadline, self._on_timer)
             return
         phase = self.phase
-        if phase == PHASE_IDLE or phase == PHASE_PROXY_HEADER:
+        if phase == PHASE_IDLE or phase == PHASE_PROXY_HEADER or phase == PHASE_LINGER:
             self._close()
         elif phase == PHASE_HEADERS:
             self._refuse(408, "request header timeout")
         elif phase == PHASE_BODY:
             self._refuse(408, "client sent no body data in time")
+        elif phase == PHASE_CLOSING:
+            self.abort()  # the client never read its last response
 
     def _close(self) -> None:
+        """Close once the write buffer is flushed; abort if that takes longer than client_timeout."""
+        self.writable = False
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.close()
+            self._set_phase(PHASE_CLOSING, self.listener.limits.client_timeout)
+
+    def _close_lingering(self) -> None:
+        """Send EOF after what is written, drop input until the client's EOF (or a short
+        timeout), then close."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or not self.writable:
+            return
+        self.writable = False
+        self.closing = True
+        self.discarding = True
+        self._update_reading()
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError):
+            self._close()
+            return
+        self._set_phase(PHASE_LINGER, min(LINGER_TIMEOUT, self.listener.limits.client_timeout))
 
     def __repr__(self) -> str:
         return (
             f"<HttpSession {self.client_host}:{self.client_port} requests={self.requests} "
-            f"current={self.current!r} queued={len(self.queue)} closed={self.closed}>"
+            f"phase={self.phase} current={self.current!r} queued={len(self.queue)} closed={self.closed}>"
         )

@@ -122,8 +122,10 @@ class Daemon:
             log.info(
                 "lbproxy %s running: %d listeners, %d pools", __version__, len(self.listeners), len(self.pools)
             )
+        elif self.role == "worker":
+            log.info("worker started: %d listeners, %d pools", len(self.listeners), len(self.pools))
         else:
-            log.info("%s started: %d listeners, %d pools", self.role, len(self.listeners), len(self.pools))
+            log.info("health view started: %d pools, %d dns listeners", len(self.pools), len(self.listeners))
 
     def serves(self, config: ListenerConfig) -> bool:
         """Whether this daemon's role opens ``config``: dns listeners live in the view."""
@@ -283,13 +285,14 @@ class Daemon:
     async def shutdown(self) -> int:
         """Drain and stop. Returns how many connections had to be aborted at the drain timeout."""
         self.ready = False
-        if self.config.shutdown_delay > 0:
+        if self.config.shutdown_delay > 0 and self.listeners:
             log.info("shutdown: still accepting for %.1fs (shutdown_delay)", self.config.shutdown_delay)
             await asyncio.sleep(self.config.shutdown_delay)
         for listener in self.listeners.values():
             listener.stop_accepting()
         timeout = self.config.drain_timeout
-        log.info("shutdown: draining connections for up to %.1fs", timeout)
+        quiet = self.role == "view" and not self.listeners  # the supervisor speaks for it
+        log.log(logging.DEBUG if quiet else logging.INFO, "shutdown: draining connections for up to %.1fs", timeout)
         results = await asyncio.gather(*(listener.drain(timeout) for listener in self.listeners.values()))
         if self._retiring:
             await asyncio.wait(list(self._retiring), timeout=timeout)
@@ -302,7 +305,7 @@ class Daemon:
         if self.access_log is not None:
             self.access_log.close()
         aborted = sum(results)
-        log.info("shutdown complete (%d connections aborted)", aborted)
+        log.log(logging.DEBUG if quiet else logging.INFO, "shutdown complete (%d connections aborted)", aborted)
         return aborted
 
     async def _close_now(self) -> None:

@@ -1,0 +1,11 @@
+-- wrk script: print one machine-readable line with the run's totals and latency percentiles.
+done = function(summary, latency, requests)
+   local e = summary.errors
+   io.write(string.format(
+      'WRKJSON {"requests":%d,"duration_us":%d,"bytes":%d,"connect_errors":%d,"read_errors":%d,' ..
+      '"write_errors":%d,"status_errors":%d,"timeouts":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,' ..
+      '"mean_us":%.1f,"max_us":%d}\n',
+      summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
+      e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+      latency.mean, latency.max))
+end
