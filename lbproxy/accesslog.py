@@ -123,7 +123,7 @@ class AccessLog:
                 "bytes_out": exchange.bytes_out,
                 "duration": round(duration, 6),
                 "route": route.name if route else None,
-                "pool": route.pool.name if route else None,
+                "pool": exchange.pool.name if exchange.pool else None,
                 "backend": backend.label if backend else None,
                 "request_id": exchange.request_id.decode("latin-1") or None,
                 "referer": referer or None,
@@ -136,7 +136,7 @@ class AccessLog:
             f'{client} - - [{self._time(time.time())}] "{_clean(method)} {_clean(target)} HTTP/{version}" '
             f'{exchange.status} {exchange.bytes_out} "{_clean(referer) or "-"}" "{_clean(user_agent) or "-"}" '
             f"rt={duration:.6f} listener={listener_name} route={route.name if route else '-'} "
-            f"pool={route.pool.name if route else '-'} backend={backend.label if backend else '-'} "
+            f"pool={exchange.pool.name if exchange.pool else '-'} backend={backend.label if backend else '-'} "
             f"id={exchange.request_id.decode('latin-1') or '-'} term={exchange.termination or '-'}\n"
         )
 

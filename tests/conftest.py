@@ -1,7 +1,7 @@
 """Shared fixtures: the daemon on port 0, real backend servers, and small real clients.
 
 Every fixture is a factory that cleans up what it made; every await in a test is bounded.
-Tests run on uvloop, like the daemon in production.
+In-process tests run on asyncio's loop; the lbproxy processes that tests start run on uvloop.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
 import pytest
-import uvloop
 
 from lbproxy.config.loader import load_config_text
 from lbproxy.demo.backends import server_port, start_http_backend, start_tcp_backend
@@ -24,7 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    return {"uvloop": uvloop.new_event_loop}
+    """In-process tests run on asyncio's own loop; ``lbproxy run`` processes (test_cli, test_workers,
+    test_reload...) run on uvloop as in production. uvloop's ``loop.close()`` can block a whole
+    test session on a handle left by a failed test, where asyncio's reports it and moves on."""
+    return {"asyncio": asyncio.new_event_loop}
 
 
 DaemonFactory = Callable[[str], Awaitable[Daemon]]

@@ -113,7 +113,7 @@ def test_defaults_applied() -> None:
     assert pool.strategy == "round_robin"
     assert pool.health_check is None
     assert (pool.connect_timeout, pool.response_timeout) == (5.0, 60.0)
-    assert (pool.retries, pool.max_idle_connections, pool.idle_connection_timeout) == (2, 32, 60.0)
+    assert (pool.retries, pool.max_idle_connections, pool.idle_connection_timeout) == (2, 512, 60.0)
     assert pool.proxy_protocol is None
     assert pool.cookie == CookieConfig()
     backend = pool.backends[0]

@@ -278,7 +278,9 @@ def listener_status(listener: object) -> dict[str, object]:
         "bytes_out": listener.stats.bytes_out,
     }
     if isinstance(listener, HttpListener):
-        view["routes"] = [{"name": r.name, "pool": r.pool.name} for r in listener.router.routes]
+        view["routes"] = [
+            {"name": r.name, "pool": ", ".join(p.name for p in r.pools()) or "(redirect)"} for r in listener.router.routes
+        ]
         view["requests_total"] = sum(listener.request_counts.values())
     else:
         view["pool"] = listener.config.pool

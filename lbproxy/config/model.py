@@ -112,7 +112,7 @@ class PoolConfig:
     connect_timeout: float = 5.0
     response_timeout: float = 60.0  # L7: from request sent to response head received
     retries: int = 2  # further backends tried after a connect failure
-    max_idle_connections: int = 32  # L7 upstream keep-alive connections kept per backend
+    max_idle_connections: int = 512  # L7 upstream keep-alive connections kept per backend
     idle_connection_timeout: float = 60.0  # an idle upstream connection older than this is closed
     proxy_protocol: ProxyProtocolVersion | None = None
     cookie: CookieConfig = field(default_factory=CookieConfig)

@@ -431,6 +431,7 @@ class TcpSession(asyncio.Protocol):
             self._new_upstream,
             pool.config.connect_timeout,
             self._on_dialed,
+            durations=pool.connect_durations,
         )
 
     def _new_upstream(self) -> TcpUpstream:

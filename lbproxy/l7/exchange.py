@@ -29,8 +29,10 @@ from lbproxy.l7.headers import (
     FORWARDING,
     HOP_BY_HOP,
     connection_tokens,
+    cookie_value,
     format_host_header,
     new_request_id,
+    strip_cookie,
     valid_host,
     valid_request_id,
 )
@@ -38,11 +40,15 @@ from lbproxy.l7.responses import error_response, status_line
 from lbproxy.l7.upstream import UpstreamConnection
 from lbproxy.net import proxy_protocol
 from lbproxy.net.connect import Dial
+from lbproxy.routing.actions import choose_split, redirect_location, rewrite_path, split_cookie_header
+from lbproxy.routing.paths import normalize_path
+from lbproxy.routing.table import RequestView
 
 if TYPE_CHECKING:
     import httptools
 
-    from lbproxy.l7.router import Route
+    from lbproxy.pool.pool import Pool
+    from lbproxy.routing.table import Route
     from lbproxy.l7.session import HttpSession
     from lbproxy.pool.backend import Backend
 
@@ -63,6 +69,12 @@ class Exchange:
         "session",
         "started",
         "url",
+        "pool",
+        "affinity_backend",
+        "affinity_inserted",
+        "hash_key",
+        "set_cookies",
+        "held",
         "headers",
         "method",
         "http10",
@@ -112,6 +124,13 @@ class Exchange:
         self.keep_alive = True
         self.host = ""
         self.route: Route | None = None
+        self.pool: Pool | None = None  # the route's pool, or the one its split drew
+        self.affinity_backend: Backend | None = None  # the backend an affinity cookie names
+        self.affinity_inserted = False
+        self.hash_key: str | None = None  # what hashing strategies hash (client or hash_on)
+        self.set_cookies: list[bytes] = []  # Set-Cookie values lbproxy adds to the response
+        # Response bytes produced during one upstream read, written with one syscall at its end.
+        self.held: list[bytes] | None = None
         self.backend: Backend | None = None
         self.tried: list[Backend] = []
         self.last_error: UpstreamError | None = None
@@ -282,21 +301,69 @@ class Exchange:
             # An HTTP/1.0 client must not be sent a 1xx (RFC 9110 section 15.2).
             self.expect_continue = has_body and not self.http10
 
-        path = url.partition(b"?")[0].decode("latin-1")
-        route = listener.router.match(self.host, path)
+        if listener.config.redirect_https:
+            self._redirect(308, f"https://{host_value.decode('latin-1')}{url.decode('latin-1')}")
+            return
+        raw_path, has_query, query = url.partition(b"?")
+        raw_path_text = raw_path.decode("latin-1")
+        path = normalize_path(raw_path_text)
+        view = RequestView(method.decode("latin-1"), self.host, path, query.decode("latin-1"), kept)
+        route = listener.router.match(view)
         if route is None:
             self.respond_locally(404, "no route for this request")
             self.prepared = True
             return
         self.route = route
+        config = route.config
+        if config.redirect is not None:
+            self._redirect(config.redirect.status, redirect_location(route, view, host_value.decode("latin-1"), listener.scheme))
+            return
+        if route.split:
+            split_cookie = config.split_cookie
+            pinned = _cookie(kept, split_cookie.name.encode()) if split_cookie is not None else None
+            pool, issue = choose_split(route, pinned, listener.rng)
+            if issue and split_cookie is not None:
+                self.set_cookies.append(split_cookie_header(split_cookie, pool.name))
+        else:
+            assert route.pool is not None
+            pool = route.pool
+        self.pool = pool
+        pool_config = pool.config
+        self.hash_key = session.client_host
+        if pool_config.strategy == "cookie_affinity":
+            name = pool_config.cookie.name.encode()
+            value = _cookie(kept, name)
+            if value is not None:
+                self.affinity_backend = listener.affinity_for(pool).backend_for(value, pool.backends)
+                kept = _without_cookie(kept, name)  # "indirect": the application never sees it
+        elif pool_config.hash_on is not None:
+            hash_on = pool_config.hash_on
+            if hash_on.cookie is not None:
+                found = _cookie(kept, hash_on.cookie.encode())
+            else:
+                assert hash_on.header is not None
+                found = _header(kept, hash_on.header.encode())
+            if found:
+                self.hash_key = found
+
+        upstream_host = host_value
+        rewrite = config.rewrite
+        if rewrite is not None:
+            path = rewrite_path(route, path)
+            if rewrite.host is not None:
+                upstream_host = rewrite.host.encode("latin-1")
+        if path != raw_path_text:
+            url = path.encode("latin-1") + (b"?" + query if has_query else b"")
+        if not route.request_actions.empty:
+            kept = route.request_actions.apply(kept)
 
         client = session.client_host.encode("ascii")
         trusted = session.trusted
-        parts = [method, b" ", url, b" HTTP/1.1\r\nHost: ", host_value, b"\r\n"]
+        parts = [method, b" ", url, b" HTTP/1.1\r\nHost: ", upstream_host, b"\r\n"]
         for name, value in kept:
             parts += (name, b": ", value, b"\r\n")
         parts += (b"X-Forwarded-For: ", xff + b", " + client if trusted and xff else client, b"\r\n")
-        parts += (b"X-Forwarded-Proto: ", xf_proto if trusted and xf_proto else b"http", b"\r\n")
+        parts += (b"X-Forwarded-Proto: ", xf_proto if trusted and xf_proto else listener.scheme_bytes, b"\r\n")
         parts += (b"X-Forwarded-Host: ", xf_host if trusted and xf_host else host_value, b"\r\n")
         parts += (b"X-Request-Id: ", self.request_id, b"\r\n")
         if self.request_chunked:
@@ -370,11 +437,25 @@ class Exchange:
 
     def _dispatch(self) -> None:
         route = self.route
-        assert route is not None
-        pool = route.pool
+        pool = self.pool
+        assert route is not None and pool is not None
         backend = None
-        if len(self.tried) <= pool.config.retries:
-            backend = pool.pick(self.session.client_host, self.tried)
+        retries = route.config.retries if route.config.retries is not None else pool.config.retries
+        if len(self.tried) <= retries:
+            preferred = self.affinity_backend
+            if preferred is not None and preferred.available and preferred not in self.tried:
+                backend = preferred
+            else:
+                backend = pool.pick(self.hash_key, self.tried)
+                if backend is not None and pool.config.strategy == "cookie_affinity":
+                    # No (usable) cookie: pin the client to what it got ("insert"), re-issuing it
+                    # when its backend was down, draining or gone.
+                    cookie = self.session.listener.affinity_for(pool).set_cookie_header_value(backend)
+                    if not self.affinity_inserted:
+                        self.set_cookies.append(cookie)
+                    else:
+                        self.set_cookies[-1] = cookie
+                    self.affinity_inserted = True
         if backend is None:
             error = self.last_error or NoBackend(f"no available backend in pool {pool.name}")
             self._fail(error)
@@ -390,16 +471,19 @@ class Exchange:
             self._dial(backend)
 
     def _dial(self, backend: Backend) -> None:
-        route = self.route
-        assert route is not None
-        conns = self.session.listener.upstreams.for_backend(backend, route.pool.config)
+        pool = self.pool
+        assert pool is not None
+        conns = self.session.listener.upstreams.for_backend(backend, pool.config)
         self.dial = Dial(
             self.session.loop,
             backend.host,
             backend.port,
             lambda: UpstreamConnection(conns),
-            route.pool.config.connect_timeout,
+            pool.config.connect_timeout,
             self._on_dialed,
+            ssl=self.session.listener.upstream_tls(pool),
+            server_hostname=_server_name(pool, backend),
+            durations=pool.connect_durations,
         )
 
     def _on_dialed(self, conn: UpstreamConnection | None, error: UpstreamError | None) -> None:
@@ -426,17 +510,18 @@ class Exchange:
         self._attach(conn)
 
     def _proxy_protocol_version(self) -> str | None:
-        assert self.route is not None and self.backend is not None
-        return self.backend.config.proxy_protocol or self.route.pool.config.proxy_protocol
+        assert self.pool is not None and self.backend is not None
+        return self.backend.config.proxy_protocol or self.pool.config.proxy_protocol
 
     def _sends_proxy_header(self) -> bool:
         return self._proxy_protocol_version() is not None
 
     def _attach(self, conn: UpstreamConnection) -> None:
-        assert self.route is not None
+        assert self.route is not None and self.pool is not None
         session = self.session
         self.upstream = conn
-        conn.attach(self, self.route.pool.config.response_timeout)
+        timeout = self.route.config.timeout
+        conn.attach(self, timeout if timeout is not None else self.pool.config.response_timeout)
         if session.writing_paused:
             conn.pause_reading()
         transport = conn.transport
@@ -504,6 +589,14 @@ class Exchange:
         if listed:
             drop = set(listed)
             kept = [(n, v) for n, v in kept if n.lower() not in drop]
+        route = self.route
+        if route is not None and not route.response_actions.empty:
+            kept = route.response_actions.apply(kept)
+        if self.set_cookies:
+            for cookie in self.set_cookies:
+                kept.append((b"Set-Cookie", cookie))
+            if self.affinity_inserted:
+                kept = _uncacheable(kept)  # haproxy's "nocache": a cache must not pin everyone
         chunked = False
         if transfer_encoding is not None and not no_body:
             if connection_tokens(transfer_encoding) != [b"chunked"]:
@@ -539,15 +632,30 @@ class Exchange:
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
         self.response_started = True
-        session.write(b"".join(parts))
+        # Held, not written: the body bytes parsed from the same upstream read join it, so a
+        # small response costs one write() instead of two (issue 8: 5.1 -> 4.1 syscalls/request).
+        self.held = [b"".join(parts)]
         return no_body
 
     def upstream_body(self, chunk: bytes) -> None:
         self.bytes_out += len(chunk)
-        if self.response_chunked:
+        held = self.held
+        if held is not None:
+            if self.response_chunked:
+                held += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
+            else:
+                held.append(chunk)
+        elif self.response_chunked:
             self.session.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
         else:
             self.session.write(chunk)
+
+    def flush_held(self) -> None:
+        """Write what the last upstream read produced, in one go (called after each read)."""
+        held = self.held
+        if held is not None:
+            self.held = None
+            self.session.write_all(held)
 
     def upstream_complete(self) -> None:
         """The response ended cleanly (the connection was already pooled or closed)."""
@@ -555,7 +663,11 @@ class Exchange:
         if self.finished:
             return
         if self.response_chunked:
-            self.session.write(LAST_CHUNK)
+            if self.held is not None:
+                self.held.append(LAST_CHUNK)
+            else:
+                self.session.write(LAST_CHUNK)
+        self.flush_held()
         self.response_complete = True
         self.session.finish(self)
 
@@ -587,6 +699,7 @@ class Exchange:
 
     def tunnel_start(self, extra: bytes) -> None:
         """The backend answered 101: relay raw bytes both ways from now on."""
+        self.flush_held()  # the 101 head goes out first
         self.tunnel_open = True
         self.session.enter_tunnel(self)
         if extra:
@@ -678,6 +791,24 @@ class Exchange:
             upstream.dirty = True
             upstream.abort()
 
+    def _redirect(self, status: int, location: str) -> None:
+        """Answer with a redirect of lbproxy's own (a route's ``redirect``, or ``redirect_https``)."""
+        self.status = status
+        self.local_close = not self.keep_alive or self.session.closing or not self.request_complete
+        body = f"{status} redirect to {location}\n".encode("utf-8", "replace")
+        parts = [
+            status_line(status),
+            b"Location: ", location.encode("latin-1", "replace"), b"\r\n",
+            b"Content-Type: text/plain; charset=utf-8\r\n",
+            b"Content-Length: %d\r\n" % len(body),
+            b"X-Request-Id: ", self.request_id, b"\r\n",
+        ]  # fmt: skip
+        if self.local_close:
+            parts.append(b"Connection: close\r\n")
+        parts += (b"\r\n", b"" if self.method == b"HEAD" else body)
+        self.local_response = b"".join(parts)
+        self.prepared = True
+
     def __repr__(self) -> str:
         return (
             f"<Exchange {self.method.decode('latin-1')} {self.url[:60].decode('latin-1')!r} "
@@ -688,3 +819,53 @@ class Exchange:
 
 # Request fields handled by name in ``prepare`` besides hop-by-hop and forwarding ones.
 _SPECIAL = frozenset({b"host", b"content-length", b"expect"})
+
+
+def _cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The value of cookie ``name`` in the request's Cookie headers, or None."""
+    for header, value in headers:
+        if header.lower() == b"cookie":
+            found = cookie_value(value, name)
+            if found is not None:
+                return found.decode("latin-1")
+    return None
+
+
+def _without_cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> list[tuple[bytes, bytes]]:
+    """``headers`` with cookie ``name`` taken out of every Cookie header (empty ones dropped)."""
+    out: list[tuple[bytes, bytes]] = []
+    for header, value in headers:
+        if header.lower() == b"cookie":
+            value = strip_cookie(value, name)
+            if not value:
+                continue
+        out.append((header, value))
+    return out
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for header, value in headers:
+        if header.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _uncacheable(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Mark a response that sets an affinity cookie ``Cache-Control: private`` unless it already
+    forbids shared caching (``private`` or ``no-store``)."""
+    for name, value in headers:
+        if name.lower() == b"cache-control":
+            lowered = value.lower()
+            if b"private" in lowered or b"no-store" in lowered:
+                return headers
+    kept = [(n, v) for n, v in headers if n.lower() != b"cache-control"]
+    kept.append((b"Cache-Control", b"private"))
+    return kept
+
+
+def _server_name(pool: Pool, backend: Backend) -> str | None:
+    """SNI (and the verified name) for TLS to ``backend``: the pool's server_name or its host."""
+    tls = pool.config.tls
+    if tls is None:
+        return None
+    return tls.server_name or backend.host

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from lbproxy.config.model import HttpLimits, ListenerConfig, PoolConfig
-from lbproxy.l7.router import Router
+from lbproxy.config.model import CookieConfig, HttpLimits, ListenerConfig, PoolConfig, UpstreamTlsConfig
+from lbproxy.balancing.cookie_affinity import AffinityCookie
+from lbproxy.routing.table import RouteTable
+from lbproxy.tls.contexts import upstream_context
 from lbproxy.l7.session import HttpSession
 from lbproxy.l7.upstream import BackendConnections
 from lbproxy.net.listener import BaseListener, NetworkSet
@@ -59,7 +63,12 @@ class HttpListener(BaseListener):
     ) -> None:
         super().__init__(config, **kwargs)  # type: ignore[arg-type]
         self.loop = asyncio.get_running_loop()
-        self.router = Router(config.routes, pools)
+        self.router = RouteTable(config.routes, pools)
+        self.rng = random.Random()  # weighted splits
+        self.scheme = "https" if self.tls is not None else "http"
+        self.scheme_bytes = self.scheme.encode()
+        self._affinity: dict[str, tuple[CookieConfig, AffinityCookie]] = {}
+        self._upstream_tls: dict[str, tuple[UpstreamTlsConfig, ssl.SSLContext]] = {}
         self.limits: HttpLimits = config.limits
         self.upstreams = upstreams
         self.trusted_proxies = NetworkSet(config.trusted_proxies)
@@ -76,9 +85,32 @@ class HttpListener(BaseListener):
         """Whether X-Forwarded-* from ``host`` are kept (``trusted_proxies``)."""
         return bool(self.trusted_proxies) and self.trusted_proxies.contains(host)
 
+    def affinity_for(self, pool: Pool) -> AffinityCookie:
+        """The affinity cookie codec of a ``cookie_affinity`` pool (rebuilt when its config changes)."""
+        cached = self._affinity.get(pool.name)
+        if cached is None or cached[0] is not pool.config.cookie:
+            cached = (pool.config.cookie, AffinityCookie(pool.config.cookie, pool.name))
+            self._affinity[pool.name] = cached
+        return cached[1]
+
+    def upstream_tls(self, pool: Pool) -> ssl.SSLContext | None:
+        """The client TLS context for a pool with ``tls:``, or None for plain TCP."""
+        config = pool.config.tls
+        if config is None:
+            return None
+        cached = self._upstream_tls.get(pool.name)
+        if cached is None or cached[0] is not config:
+            cached = (config, upstream_context(config))
+            self._upstream_tls[pool.name] = cached
+        return cached[1]
+
     def update_routes(self, config: ListenerConfig, pools: Mapping[str, Pool]) -> None:
-        """Swap in new routes (reload); exchanges already routed keep their pool."""
-        self.router = Router(config.routes, pools)
+        """Swap in new routes (reload); exchanges already routed keep their pool.
+
+        New TLS certificates are loaded for new handshakes; connections keep their session."""
+        self.router = RouteTable(config.routes, pools)
+        if self.tls is not None and config.tls is not None and config.tls != self.config.tls:
+            self.tls.reload(config.tls)
         self.limits = config.limits
         self.trusted_proxies = NetworkSet(config.trusted_proxies)
         self.config = config
@@ -88,8 +120,9 @@ class HttpListener(BaseListener):
         route = exchange.route
         backend = exchange.backend
         duration = self.loop.time() - exchange.started
-        if route is not None:
-            pool_name = route.pool.name
+        pool = exchange.pool
+        if route is not None and pool is not None:
+            pool_name = pool.name
             key = (route.name, pool_name, backend.label if backend is not None else "", exchange.status)
             self.request_counts[key] = self.request_counts.get(key, 0) + 1
             histogram = self.durations.get(pool_name)

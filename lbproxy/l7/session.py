@@ -12,13 +12,15 @@ How this works:
 - Reading from the client is paused while the upstream can't take more request bytes, while too
   many bytes wait because no upstream is attached yet (dialing, or pipelined behind another), and
   while the client doesn't read what we write: no buffer grows without bound.
-- One timer per connection enforces the phase's bound: request-header time (408), client silence
-  during a body (408; not counted while lbproxy itself holds the client back), keep-alive
-  idleness (silent close), lingering, and closing (abort when the client never reads its last
-  response). Phases move a deadline; the timer re-arms lazily: no timer churn per request.
+- One timer per connection enforces the phase's bound: request-header time (408), a client silent
+  or slower than ``min_body_rate`` during a body (408; not counted while lbproxy itself holds the
+  client back), keep-alive idleness (silent close), lingering, and closing (abort when the client
+  never reads its last response). Phases move a deadline; the timer re-arms lazily: no timer
+  churn per request.
 - Closing while the client may still be sending (a refused request, a response that ended before
-  its request body did) lingers: send EOF, read and drop input for a short while, then close. A
-  socket closed with unread input answers with a RST that can destroy the response in flight.
+  its request body did) lingers, as nginx does: send EOF, read and drop input until the client's
+  EOF, until it is quiet for LINGER_QUIET or for at most LINGER_MAX, then close. A socket closed
+  with unread input answers with a RST that can destroy the response before the client reads it.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ PHASE_LINGER = 5  # EOF sent after a final response; dropping what the client st
 PHASE_CLOSING = 6  # close() called; waiting for the write buffer to drain
 
 MAX_PIPELINE = 16  # requests queued behind the one being served before reading pauses
-LINGER_TIMEOUT = 2.0  # at most this long (and at most client_timeout) in PHASE_LINGER
+LINGER_QUIET = 2.0  # PHASE_LINGER ends when the client sends nothing for this long (nginx: 5 s)
+LINGER_MAX = 30.0  # and lasts at most this long (nginx's lingering_time)
 _INF = float("inf")
 
 
@@ -80,6 +83,7 @@ class HttpSession(asyncio.Protocol):
         "closed",
         "writable",
         "discarding",
+        "linger_until",
         "writing_paused",
         "reading_paused",
         "read_paused_by_upstream",
@@ -114,6 +118,7 @@ class HttpSession(asyncio.Protocol):
         self.closed = False
         self.writable = False
         self.discarding = False  # nothing more is parsed: input is read and dropped
+        self.linger_until = 0.0
         self.writing_paused = False
         self.reading_paused = False
         self.read_paused_by_upstream = False
@@ -154,6 +159,8 @@ class HttpSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.listener.stats.bytes_in += len(data)
         if self.discarding:
+            if self.phase == PHASE_LINGER:
+                self.deadline = min(self.loop.time() + LINGER_QUIET, self.linger_until)
             return
         if self.tunnel is not None:
             self.tunnel.tunnel_from_client(data)
@@ -295,7 +302,12 @@ class HttpSession(asyncio.Protocol):
         exchange = self.parsing
         assert exchange is not None
         if self.phase == PHASE_BODY and self.deadline != _INF:
-            self.deadline = self.loop.time() + self.listener.limits.client_timeout
+            # Each chunk buys len/min_body_rate seconds, never more than client_timeout from now:
+            # a client trickling its body gets 408 like one that went silent.
+            limits = self.listener.limits
+            latest = self.loop.time() + limits.client_timeout
+            rate = limits.min_body_rate
+            self.deadline = min(self.deadline + len(body) / rate, latest) if rate else latest
         exchange.request_body(body)
 
     def on_message_complete(self) -> None:
@@ -317,6 +329,16 @@ class HttpSession(asyncio.Protocol):
             assert self.transport is not None
             self.listener.stats.bytes_out += len(data)
             self.transport.write(data)
+
+    def write_all(self, parts: list[bytes]) -> None:
+        """Write several buffers with one syscall (uvloop's writelines is one writev)."""
+        if self.writable:
+            assert self.transport is not None
+            self.listener.stats.bytes_out += sum(map(len, parts))
+            if len(parts) == 1:
+                self.transport.write(parts[0])
+            else:
+                self.transport.writelines(parts)
 
     def writelines(self, parts: tuple[bytes, ...]) -> None:
         """Write a body chunk framed as ``(size line, data, CRLF)``."""
@@ -559,8 +581,8 @@ class HttpSession(asyncio.Protocol):
             self._set_phase(PHASE_CLOSING, self.listener.limits.client_timeout)
 
     def _close_lingering(self) -> None:
-        """Send EOF after what is written, drop input until the client's EOF (or a short
-        timeout), then close."""
+        """Send EOF after what is written, drop input until the client's EOF (bounded by
+        LINGER_QUIET and LINGER_MAX), then close."""
         transport = self.transport
         if transport is None or transport.is_closing() or not self.writable:
             return
@@ -573,7 +595,8 @@ class HttpSession(asyncio.Protocol):
         except (OSError, RuntimeError):
             self._close()
             return
-        self._set_phase(PHASE_LINGER, min(LINGER_TIMEOUT, self.listener.limits.client_timeout))
+        self.linger_until = self.loop.time() + LINGER_MAX
+        self._set_phase(PHASE_LINGER, LINGER_QUIET)
 
     def __repr__(self) -> str:
         return (

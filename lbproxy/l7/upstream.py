@@ -267,6 +267,9 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(BadResponse(f"malformed response from backend: {exc}"))
             return
+        exchange = self.exchange
+        if exchange is not None and exchange.held is not None and not self.complete:
+            exchange.flush_held()
         if self.complete:
             self._finish()
 

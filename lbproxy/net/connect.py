@@ -11,9 +11,13 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from lbproxy.errors import ConnectRefused, ConnectTimeout, UpstreamError
+from lbproxy.stats import Histogram
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
 
 P = TypeVar("P", bound=asyncio.Protocol)
 
@@ -21,7 +25,7 @@ P = TypeVar("P", bound=asyncio.Protocol)
 class Dial:
     """One connect attempt in progress. ``cancel()`` abandons it (a late success is closed)."""
 
-    __slots__ = ("_task", "_timer", "_callback", "_done", "started", "target")
+    __slots__ = ("_task", "_timer", "_callback", "_done", "started", "target", "_loop", "_durations")
 
     def __init__(
         self,
@@ -31,12 +35,25 @@ class Dial:
         factory: Callable[[], P],
         timeout: float,
         callback: Callable[[P | None, UpstreamError | None], None],
+        *,
+        ssl: SSLContext | None = None,
+        server_hostname: str | None = None,
+        durations: Histogram | None = None,
     ) -> None:
         self._callback = callback
         self._done = False
+        self._loop = loop
+        self._durations = durations
         self.started = loop.time()
         self.target = f"{host}:{port}"
-        self._task = loop.create_task(loop.create_connection(factory, host, port))
+        if ssl is None:
+            coro = loop.create_connection(factory, host, port)
+        else:
+            # The TLS handshake counts against the connect timeout.
+            coro = loop.create_connection(
+                factory, host, port, ssl=ssl, server_hostname=server_hostname, ssl_handshake_timeout=timeout
+            )
+        self._task = loop.create_task(coro)
         self._task.add_done_callback(self._on_task_done)
         self._timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._on_timeout)
 
@@ -75,6 +92,8 @@ class Dial:
         if exc is not None:
             self._callback(None, translate_connect_error(exc, self.target))
         else:
+            if self._durations is not None:
+                self._durations.observe(self._loop.time() - self.started)
             self._callback(task.result()[1], None)
 
 

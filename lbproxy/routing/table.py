@@ -84,6 +84,8 @@ class Route:
         "query",
         "matched_prefix",
         "simple",
+        "request_actions",
+        "response_actions",
     )
 
     def __init__(self, config: RouteConfig, index: int, pools: Mapping[str, Pool]) -> None:
@@ -112,6 +114,10 @@ class Route:
         self.query = tuple((c, re.compile(c.regex) if c.regex is not None else None) for c in match.query)
         self.matched_prefix = match.path_prefix or match.path_separated_prefix
         self.simple = not (self.path_regex or self.methods or self.headers or self.query or self.separated_prefix)
+        from lbproxy.routing.actions import CompiledHeaderActions
+
+        self.request_actions = CompiledHeaderActions(config.request_headers)
+        self.response_actions = CompiledHeaderActions(config.response_headers)
 
     def matches(self, request: RequestView) -> bool:
         """Whether ``request`` takes this route (the hot path)."""
