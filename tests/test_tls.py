@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from pathlib import Path
 
@@ -86,3 +87,84 @@ async def test_sni_passthrough_routes_to_two_pools(make_daemon, tmp_path: Path, 
         for server in servers:
             server.close()
     _ = EchoTcpProtocol
+
+
+async def test_tls_termination_sni_certificates_reload_and_failures(make_daemon, tmp_path: Path, http_backends) -> None:
+    import shutil
+
+    from lbproxy.config.loader import load_config_text
+
+    ca = LocalCA(tmp_path / "ca")
+    shop = ca.issue("shop.test")
+    api = ca.issue("api.test", "*.api.test")
+    web = await http_backends(1)
+    text = f"""
+        admin: {{bind: "127.0.0.1:0"}}
+        pools:
+          web: {{backends: ["127.0.0.1:{web[0]}"]}}
+        listeners:
+          - name: https
+            bind: 127.0.0.1:0
+            routes: [{{pool: web}}]
+            tls:
+              certificates:
+                - {{cert: "{shop.cert}", key: "{shop.key}"}}
+                - {{cert: "{api.cert}", key: "{api.key}"}}
+          - name: plain
+            bind: 127.0.0.1:0
+            redirect_https: true
+            routes: [{{pool: web}}]
+        """
+    daemon = await make_daemon(text)
+    host, port = daemon.listener_address("https")
+    curl = shutil.which("curl")
+    assert curl is not None
+
+    async def curl_get(name: str, *extra: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            curl, "-s", "-v", "--max-time", "10", "--cacert", str(ca.cert), "--resolve", f"{name}:{port}:{host}",
+            *extra, f"https://{name}:{port}/hello", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 20)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    code, out, err = await curl_get("shop.test")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert ("X-Forwarded-Proto", "https") in [tuple(h) for h in doc["headers"]]
+    assert "subject: CN=shop.test" in err and "ALPN: server accepted http/1.1" in err
+    code, out, err = await curl_get("v1.api.test")
+    assert code == 0 and "subject: CN=api.test" in err, "SNI picks the certificate that names the host"
+    # plain-HTTP listener redirects to https
+    ph, pp = daemon.listener_address("plain")
+    from tests.client import fetch
+
+    r = await fetch(ph, pp, path="/x?y=1", host="shop.test")
+    assert r.status == 308 and r.header("Location") == "https://shop.test/x?y=1"
+    # a failed handshake is counted and the listener keeps serving
+    code, _, _ = await curl_get("shop.test", "--tlsv1.2", "--tls-max", "1.1")
+    assert code != 0
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # plain HTTP to a TLS port
+    async with asyncio.timeout(5):
+        try:
+            await reader.read()
+        except ConnectionError:
+            pass
+    writer.close()
+    import gc
+
+    gc.collect()
+    assert daemon.listeners["https"].tls is not None
+    assert daemon.listeners["https"].tls.handshake_failures >= 2
+    admin = daemon.admin.address
+    metrics = (await fetch(admin.host, admin.port, path="/metrics")).body.decode()
+    assert 'lbproxy_tls_handshake_failures_total{listener="https"}' in metrics
+    code, _, err = await curl_get("shop.test")
+    assert code == 0
+    # reload swaps the certificate without closing the listener
+    renewed = ca.issue("shop.test", "www.shop.test")
+    new_text = text.replace(str(shop.cert), str(renewed.cert)).replace(str(shop.key), str(renewed.key))
+    await daemon.reload(load_config_text(new_text, "<reload>"))
+    code, _, err = await curl_get("www.shop.test")
+    assert code == 0 and "subject: CN=shop.test" in err and "www.shop.test" in err, err

@@ -48,6 +48,7 @@ def snapshot(daemon: Daemon) -> Snapshot:
             "rejected_total": stats.rejected_total,
             "bytes_in": stats.bytes_in,
             "bytes_out": stats.bytes_out,
+            "tls_handshake_failures": listener.tls.handshake_failures if listener.tls is not None else None,
             "requests": [],
             "durations": [],
         }
@@ -143,6 +144,14 @@ def families(snap: Snapshot) -> Iterator[Metric]:
         for pool, buckets, total in listener["durations"]:
             durations.add_metric([name, pool], buckets, total)
     yield from (conn_total, conn_active, conn_rejected, bytes_total, requests, durations)
+    tls_failures = CounterMetricFamily(
+        "lbproxy_tls_handshake_failures", "TLS handshakes that failed on a listener that terminates TLS",
+        labels=["listener"],
+    )  # fmt: skip
+    for listener in snap["listeners"]:
+        if listener.get("tls_handshake_failures") is not None:
+            tls_failures.add_metric([listener["name"]], listener["tls_handshake_failures"])
+    yield tls_failures
 
     up = GaugeMetricFamily("lbproxy_backend_up", "1 when the backend takes new work", labels=["pool", "backend"])
     state = GaugeMetricFamily(

@@ -107,9 +107,10 @@ class HttpListener(BaseListener):
     def update_routes(self, config: ListenerConfig, pools: Mapping[str, Pool]) -> None:
         """Swap in new routes (reload); exchanges already routed keep their pool.
 
-        New TLS certificates are loaded for new handshakes; connections keep their session."""
+        Certificate files are read again (renewed in place, e.g. by certbot, or newly named) for
+        new handshakes; established connections keep their session."""
         self.router = RouteTable(config.routes, pools)
-        if self.tls is not None and config.tls is not None and config.tls != self.config.tls:
+        if self.tls is not None and config.tls is not None:
             self.tls.reload(config.tls)
         self.limits = config.limits
         self.trusted_proxies = NetworkSet(config.trusted_proxies)

@@ -61,6 +61,7 @@ class HttpSession(asyncio.Protocol):
     """One client connection on an ``http`` listener."""
 
     __slots__ = (
+        "__weakref__",  # TLS listeners count handshakes that never reach connection_made
         "listener",
         "loop",
         "transport",

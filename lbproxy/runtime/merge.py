@@ -24,7 +24,7 @@ Snapshot = dict[str, Any]
 _VIEW_FIELDS = frozenset(
     {"address", "state", "admin", "checked_up", "weight", "effective_weight", "last_check", "checks_passed", "checks_failed"}
 )
-_LISTENER_COUNTERS = ("connections_total", "rejected_total", "bytes_in", "bytes_out")
+_LISTENER_COUNTERS = ("connections_total", "rejected_total", "bytes_in", "bytes_out", "tls_handshake_failures")
 
 
 def _number(value: object) -> bool:
