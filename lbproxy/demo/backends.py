@@ -94,9 +94,11 @@ class EchoTcpProtocol(asyncio.Protocol):
         return False  # close after the echo is flushed
 
 
-async def start_http_backend(name: str, host: str = "127.0.0.1", port: int = 0) -> asyncio.AbstractServer:
+async def start_http_backend(
+    name: str, host: str = "127.0.0.1", port: int = 0, backlog: int = 1024
+) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: EchoHttpProtocol(name), host, port)
+    return await loop.create_server(lambda: EchoHttpProtocol(name), host, port, backlog=backlog)
 
 
 async def start_tcp_backend(
