@@ -105,3 +105,44 @@ async def test_slowloris_and_slow_bodies_do_not_delay_honest_clients(make_daemon
     async with asyncio.timeout(5):
         while daemon.listeners["public"].connections:
             await asyncio.sleep(0.05)
+
+
+async def test_per_client_connection_cap_and_request_rate_limit(make_daemon, http_backends) -> None:
+    from tests.client import Connection, fetch
+
+    web = await http_backends(1)
+    daemon = await make_daemon(
+        f"""
+        pools:
+          web:
+            backends: ["127.0.0.1:{web[0]}"]
+        listeners:
+          - name: public
+            bind: 127.0.0.1:0
+            routes: [{{pool: web}}]
+            max_connections_per_client: 3
+            rate_limit: {{requests_per_second: 5, burst: 5}}
+            trusted_proxies: ["127.0.0.2"]
+        """
+    )
+    host, port = daemon.listener_address("public")
+    held = [await Connection.open(host, port) for _ in range(3)]
+    extra = await Connection.open(host, port)
+    assert await extra.closed_by_peer(), "a fourth connection from the same client is refused"
+    await extra.close()
+    for conn in held:
+        await conn.close()
+    await asyncio.sleep(0.05)
+    statuses = [(await fetch(host, port)).status for _ in range(8)]
+    assert statuses[:5] == [200] * 5 and 429 in statuses[5:]
+    r = await fetch(host, port)
+    assert r.status == 429 and r.header("Retry-After") == "1"
+    await asyncio.sleep(0.25)
+    assert (await fetch(host, port)).status == 200, "tokens come back at the configured rate"
+    # behind a trusted proxy, the client is the address that proxy saw
+    reader, writer = await asyncio.open_connection(host, port, local_addr=("127.0.0.2", 0))
+    conn = Connection(reader, writer)
+    for i in range(5):
+        r = await conn.request(headers={"X-Forwarded-For": f"10.1.1.{i}"})
+        assert r.status == 200, "different clients behind one proxy each get their own bucket"
+    await conn.close()

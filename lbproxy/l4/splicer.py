@@ -199,6 +199,9 @@ class TcpSession(asyncio.Protocol):
             timeout = min(PROXY_HEADER_TIMEOUT, self.listener.idle_timeout)
             self.idle_timer = self.loop.call_later(timeout, self._on_header_timeout)
             return
+        if not self.listener.claim_client(self, self.client[0]):
+            self._end("client_limit")
+            return
         self._after_preamble()
 
     def data_received(self, data: bytes) -> None:
@@ -349,6 +352,9 @@ class TcpSession(asyncio.Protocol):
         rest = buffer[consumed:]
         self._cancel_idle()
         self.last_activity = self.loop.time()
+        if not self.listener.claim_client(self, self.client[0]):
+            self._end("client_limit")
+            return
         if self.listener.sni_routes:
             self._await_client_hello(rest)  # the ClientHello follows the PROXY header
             return

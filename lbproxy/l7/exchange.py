@@ -301,6 +301,15 @@ class Exchange:
             # An HTTP/1.0 client must not be sent a 1xx (RFC 9110 section 15.2).
             self.expect_continue = has_body and not self.http10
 
+        limiter = listener.rate_limiter
+        if limiter is not None:
+            wait = limiter.allow(_client_key(session.client_host, xff if session.trusted else None), session.loop.time())
+            if wait:
+                self.respond_locally(
+                    429, "too many requests from this client", extra=((b"Retry-After", limiter.retry_after_header(wait)),)
+                )
+                self.prepared = True
+                return
         if listener.config.redirect_https:
             self._redirect(308, f"https://{host_value.decode('latin-1')}{url.decode('latin-1')}")
             return
@@ -743,16 +752,17 @@ class Exchange:
 
     # == endings ================================================================================
 
-    def respond_locally(self, status: int, message: str, *, close: bool = False) -> None:
+    def respond_locally(
+        self, status: int, message: str, *, close: bool = False, extra: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
         """Answer with a short error page of lbproxy's own (now, or when this exchange's turn comes)."""
         self.status = status
         session = self.session
         self.local_close = close = (
             close or not self.keep_alive or session.last_response() or self.upgrade is not None
         )
-        extra: tuple[tuple[bytes, bytes], ...] = ()
         if status == 503:
-            extra = _RETRY_AFTER
+            extra = extra + _RETRY_AFTER
         if self.http10 and not close:
             extra += _KEEP_ALIVE
         self.local_response = error_response(
@@ -869,3 +879,13 @@ def _server_name(pool: Pool, backend: Backend) -> str | None:
     if tls is None:
         return None
     return tls.server_name or backend.host
+
+
+def _client_key(peer: str, xff: bytes | None) -> str:
+    """The client a request counts against: the nearest X-Forwarded-For entry when the peer is a
+    trusted proxy (the address that proxy saw), else the peer (already the PROXY address)."""
+    if xff:
+        nearest = xff.rsplit(b",", 1)[-1].strip()
+        if nearest:
+            return nearest.decode("latin-1")
+    return peer

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from lbproxy.config.model import CookieConfig, HttpLimits, ListenerConfig, PoolConfig, UpstreamTlsConfig
 from lbproxy.balancing.cookie_affinity import AffinityCookie
+from lbproxy.ratelimit import TokenBuckets
 from lbproxy.routing.table import RouteTable
 from lbproxy.tls.contexts import upstream_context
 from lbproxy.l7.session import HttpSession
@@ -65,6 +66,7 @@ class HttpListener(BaseListener):
         self.loop = asyncio.get_running_loop()
         self.router = RouteTable(config.routes, pools)
         self.rng = random.Random()  # weighted splits
+        self.rate_limiter = _rate_limiter(config)
         self.scheme = "https" if self.tls is not None else "http"
         self.scheme_bytes = self.scheme.encode()
         self._affinity: dict[str, tuple[CookieConfig, AffinityCookie]] = {}
@@ -110,6 +112,8 @@ class HttpListener(BaseListener):
         Certificate files are read again (renewed in place, e.g. by certbot, or newly named) for
         new handshakes; established connections keep their session."""
         self.router = RouteTable(config.routes, pools)
+        if config.rate_limit != self.config.rate_limit:
+            self.rate_limiter = _rate_limiter(config)
         if self.tls is not None and config.tls is not None:
             self.tls.reload(config.tls)
         self.limits = config.limits
@@ -138,3 +142,8 @@ class HttpListener(BaseListener):
 
     def count_refused(self, status: int) -> None:
         self.refused[status] = self.refused.get(status, 0) + 1
+
+
+def _rate_limiter(config: ListenerConfig) -> TokenBuckets | None:
+    rate = config.rate_limit
+    return TokenBuckets(rate.requests_per_second, rate.burst) if rate is not None else None

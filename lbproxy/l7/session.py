@@ -154,6 +154,9 @@ class HttpSession(asyncio.Protocol):
             self._set_phase(PHASE_PROXY_HEADER, listener.limits.request_header_timeout)
             return
         self.trusted = listener.is_trusted(self.client_host)
+        if not listener.claim_client(self, self.client_host):
+            self.abort()  # over max_connections_per_client
+            return
         # A new connection must send its first request head within request_header_timeout.
         self._set_phase(PHASE_IDLE, listener.limits.request_header_timeout)
 
@@ -473,6 +476,9 @@ class HttpSession(asyncio.Protocol):
         if info.destination is not None:
             self.local_address = info.destination
         self.trusted = self.listener.is_trusted(self.client_host)
+        if not self.listener.claim_client(self, self.client_host):
+            self.abort()  # over max_connections_per_client
+            return b""
         self._set_phase(PHASE_IDLE, self.listener.limits.request_header_timeout)
         return buffer[consumed:]
 

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from lbproxy.config.model import Address, ListenerConfig
 from lbproxy.net.bind import bind_socket, bound_address
+from lbproxy.ratelimit import ClientConnections
 from lbproxy.tls.contexts import ServerTls
 
 log = logging.getLogger("lbproxy.listener")
@@ -93,6 +94,11 @@ class BaseListener:
         # connection_made are counted when their protocol object is dropped.
         self.tls: ServerTls | None = ServerTls(config.tls) if config.tls is not None else None
         self._handshaking: set[int] = set()
+        # max_connections_per_client: counted once the client address is known (after a PROXY
+        # header, when the listener accepts one).
+        limit = config.max_connections_per_client
+        self.client_connections = ClientConnections(limit) if limit is not None else None
+        self._client_of: dict[Drainable, str] = {}
 
     def protocol_factory(self) -> asyncio.Protocol:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -144,8 +150,23 @@ class BaseListener:
         self.stats.connections_total += 1
         return True
 
+    def claim_client(self, conn: Drainable, host: str) -> bool:
+        """Count ``conn`` against its client's ``max_connections_per_client``; False: refuse it."""
+        counter = self.client_connections
+        if counter is None:
+            return True
+        if not counter.claim(host):
+            self.stats.rejected_total += 1
+            return False
+        self._client_of[conn] = host
+        return True
+
     def forget(self, conn: Drainable) -> None:
         """Unregister a connection (idempotent); wakes ``wait_idle`` when the last one goes."""
+        if self.client_connections is not None:
+            host = self._client_of.pop(conn, None)
+            if host is not None:
+                self.client_connections.release(host)
         self.connections.discard(conn)
         if not self.connections and self._idle_waiter is not None and not self._idle_waiter.done():
             self._idle_waiter.set_result(None)

@@ -24,11 +24,20 @@ Snapshot = dict[str, Any]
 _VIEW_FIELDS = frozenset(
     {"address", "state", "admin", "checked_up", "weight", "effective_weight", "last_check", "checks_passed", "checks_failed"}
 )
-_LISTENER_COUNTERS = ("connections_total", "rejected_total", "bytes_in", "bytes_out", "tls_handshake_failures")
+_LISTENER_SKIP = frozenset({"name", "requests", "durations"})  # every other listener field is a number (or None: n/a)
 
 
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _sum(a: object, b: object) -> object:
+    """``a + b`` where None means "not applicable here" (None + None stays None)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b  # type: ignore[operator]
 
 
 def _add_fields(total: dict[str, Any], item: Mapping[str, Any], skip: frozenset[str] = frozenset()) -> None:
@@ -123,7 +132,7 @@ def _keyed(snap: Snapshot) -> dict[str, Any]:
     listeners: dict[str, Any] = {}
     for listener in snap.get("listeners", []):
         listeners[listener["name"]] = {
-            **{k: listener[k] for k in (*_LISTENER_COUNTERS, "connections_active")},
+            **{k: v for k, v in listener.items() if k not in _LISTENER_SKIP},
             "requests": {tuple(r[:4]): r[4] for r in listener["requests"]},
             "durations": {d[0]: (d[1], d[2]) for d in listener["durations"]},
         }
@@ -175,11 +184,10 @@ def merge_metrics(view: Snapshot, workers: Iterable[Snapshot], departed: Snapsho
     listeners: dict[str, dict[str, Any]] = {}
     for source in sources:
         for name, item in source["listeners"].items():
-            total = listeners.setdefault(
-                name, {"name": name, **{k: 0 for k in (*_LISTENER_COUNTERS, "connections_active")}, "requests": {}, "durations": {}}
-            )
-            for key in (*_LISTENER_COUNTERS, "connections_active"):
-                total[key] += item[key]
+            total = listeners.setdefault(name, {"name": name, "requests": {}, "durations": {}})
+            for key, value in item.items():
+                if key not in ("requests", "durations"):
+                    total[key] = _sum(total.get(key), value)
             for key, count in item["requests"].items():
                 total["requests"][key] = total["requests"].get(key, 0) + count
             for pool, histogram in item["durations"].items():

@@ -399,7 +399,10 @@ class Supervisor:
             slot.channel = None
         slot.ready.clear()
         if slot.last_metrics is not None and self.view is not None:
-            self.departed = fold_departed(self.departed, slot.last_metrics, snapshot(self.view))
+            try:
+                self.departed = fold_departed(self.departed, slot.last_metrics, snapshot(self.view))
+            except Exception:  # noqa: BLE001 - metrics bookkeeping must never stop supervision
+                log.exception("worker %d: could not keep its counters", slot.index)
             slot.last_metrics = None
 
     def _backend_state(self) -> dict[str, dict[str, dict[str, object]]]:
