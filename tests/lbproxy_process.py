@@ -10,6 +10,7 @@ import asyncio
 import re
 import signal
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,28 @@ class LbProcess:
 
     async def status(self) -> Any:
         return (await self.get("/status")).json()
+
+    async def served(self) -> list[int]:
+        """Requests each worker has answered so far (from /status)."""
+        return [w.get("requests_total", 0) for w in (await self.status())["workers"]]
+
+    async def requests_from_every_worker(self, listener: str = "public", limit: int = 300) -> Counter[str]:
+        """Send requests (a fresh connection each) until every worker has answered at least one
+        more than before; returns which backend answered each. Fails after ``limit`` requests.
+
+        With one shared listening socket, the worker that wins each accept is up to the kernel:
+        under light load one worker may win most of them, so this keeps going until both did.
+        """
+        before = await self.served()
+        backends: Counter[str] = Counter()
+        while sum(backends.values()) < limit:
+            for _ in range(10):
+                response = await fetch(*self.address(listener))
+                assert response.status == 200, response
+                backends[response.json()["backend"]] += 1
+            if all(after > b for after, b in zip(await self.served(), before)):
+                return backends
+        raise AssertionError(f"{limit} requests did not reach every worker: {await self.served()} (was {before})")
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         """Signal the process (if it still runs) and wait for it; SIGKILL if it overstays."""

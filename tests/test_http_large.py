@@ -10,10 +10,11 @@ the download at a limited rate), so a proxy without flow control would buffer hu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import shutil
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.backends_misbehaving import BulkBackend
-from tests.conftest import ROOT, unused_port
+from tests.conftest import ROOT
 
 SIZE = int(os.environ.get("LBPROXY_BIG_MIB", "1024")) * 1024 * 1024
 RATE = 300 * 1024 * 1024  # bytes/s of the slow side
@@ -37,16 +38,26 @@ def rss(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def wait_listening(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
+LISTENING = re.compile(rb"listener public \(http\) on 127\.0\.0\.1:(\d+)")
+
+
+async def bound_port(stderr: asyncio.StreamReader, timeout: float = 15.0) -> int:
+    """The port the daemon logs for listener ``public`` (it binds port 0: no port races)."""
+    seen = []
+    async with asyncio.timeout(timeout):
+        while True:
+            line = await stderr.readline()
+            if not line:
+                raise AssertionError(b"lbproxy exited:\n" + b"".join(seen))
+            seen.append(line)
+            if (match := LISTENING.search(line)) is not None:
+                return int(match.group(1))
+
+
+async def drain(stderr: asyncio.StreamReader) -> None:
+    """Keep reading the daemon's log so its pipe never fills."""
+    while await stderr.readline():
+        pass
 
 
 @pytest.fixture
@@ -56,20 +67,22 @@ async def daemon_process(tmp_path: Path) -> AsyncIterator[tuple[int, int, BulkBa
         pytest.fail("curl is required (installed by .ci/run)")
     backend = BulkBackend(read_rate=RATE)
     backend_port = await backend.start()
-    port = unused_port()
     config = {
         "pools": {"bulk": {"backends": [f"127.0.0.1:{backend_port}"]}},
-        "listeners": [{"name": "public", "bind": f"127.0.0.1:{port}", "routes": [{"pool": "bulk"}]}],
+        "listeners": [{"name": "public", "bind": "127.0.0.1:0", "routes": [{"pool": "bulk"}]}],
         "drain_timeout": 1,
     }
     path = tmp_path / "lbproxy.yaml"
     path.write_text(json.dumps(config))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lbproxy", "run", "-c", str(path), "--log-level", "warning",
-        cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
+        sys.executable, "-m", "lbproxy", "run", "-c", str(path), "--log-level", "info",
+        cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
+    assert proc.stderr is not None
+    log_reader: asyncio.Future[None] | None = None
     try:
-        await wait_listening(port)
+        port = await bound_port(proc.stderr)
+        log_reader = asyncio.ensure_future(drain(proc.stderr))
         yield proc.pid, port, backend
     finally:
         proc.terminate()
@@ -79,6 +92,10 @@ async def daemon_process(tmp_path: Path) -> AsyncIterator[tuple[int, int, BulkBa
         except TimeoutError:
             proc.kill()
             await proc.wait()
+        if log_reader is not None:
+            log_reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await log_reader
         backend.close()
 
 

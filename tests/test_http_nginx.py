@@ -50,6 +50,27 @@ http {{
 """
 
 
+async def _started(proc: asyncio.subprocess.Process, port: int, timeout: float = 10.0) -> bool:
+    """True once nginx (still running) accepts on ``port``; False if it exited (port taken)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                pass
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        await asyncio.sleep(0.1)
+        if proc.returncode is None:
+            return True
+        return False
+    proc.kill()
+    await proc.wait()
+    return False
+
+
 @pytest.fixture
 async def nginx(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
     """A foreground nginx on a free loopback port: (port, document root)."""
@@ -58,27 +79,23 @@ async def nginx(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
     )
     if binary is None:
         pytest.fail("nginx is required (installed by .ci/run)")
-    port = unused_port()
     www = tmp_path / "www"
     (www / "dav").mkdir(parents=True)
     conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp_path, port=port, keepalive=1))
-    proc = await asyncio.create_subprocess_exec(
-        binary, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log"),
-        "-g", "daemon off; master_process off;",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )
+    for _attempt in range(3):  # the free port can be taken before nginx binds it: try another
+        port = unused_port()
+        conf.write_text(NGINX_CONF.format(tmp=tmp_path, port=port, keepalive=1))
+        proc = await asyncio.create_subprocess_exec(
+            binary, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log"),
+            "-g", "daemon off; master_process off;",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        if await _started(proc, port):
+            break
+    else:
+        err = (tmp_path / "error.log").read_text() if (tmp_path / "error.log").exists() else ""
+        raise AssertionError(f"nginx did not start: {err}")
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if proc.returncode is not None or time.monotonic() > deadline:
-                    err = (tmp_path / "error.log").read_text() if (tmp_path / "error.log").exists() else ""
-                    raise AssertionError(f"nginx did not start: {err}") from None
-                await asyncio.sleep(0.05)
         yield port, www
     finally:
         if proc.returncode is None:

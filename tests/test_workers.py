@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -101,8 +102,10 @@ async def test_two_workers_both_serve_requests(lbproxy: Start, http_backends) ->
     assert status["supervisor"]["pid"] == lb.proc.pid
 
     assert (await backends_of(*lb.address(), 40)) == {"b1": 40}
-    served = [w["requests_total"] for w in (await lb.status())["workers"]]
-    assert sum(served) == 40 and all(n > 0 for n in served), served
+    answered = await lb.requests_from_every_worker()
+    assert set(answered) == {"b1"}
+    served = await lb.served()
+    assert sum(served) == 40 + sum(answered.values()) and all(n > 0 for n in served), served
 
 
 async def test_metrics_totals_are_summed_over_workers(lbproxy: Start, http_backends) -> None:
@@ -127,6 +130,8 @@ async def test_metrics_totals_are_summed_over_workers(lbproxy: Start, http_backe
 async def test_killed_worker_is_restarted_and_service_continues(lbproxy: Start, http_backends) -> None:
     web = await http_backends(1)
     lb = await lbproxy(config_text(web), "--workers", "2")
+    await lb.requests_from_every_worker()
+    counted = metric_sum((await lb.get("/metrics")).body.decode(), "lbproxy_requests", "lbproxy_requests_total")
     victim = (await lb.status())["workers"][0]["pid"]
     assert child_of(victim, lb.proc.pid)
     os.kill(victim, signal.SIGKILL)
@@ -142,11 +147,11 @@ async def test_killed_worker_is_restarted_and_service_continues(lbproxy: Start, 
             await asyncio.sleep(0.1)
     assert workers[0]["restarts"] == 1 and child_of(workers[0]["pid"], lb.proc.pid)
     assert not alive(victim) or not child_of(victim, lb.proc.pid)
-    assert (await backends_of(*lb.address(), 40)) == {"b1": 40}
-    served = [w["requests_total"] for w in (await lb.status())["workers"]]
-    assert all(n > 0 for n in served), served
+    assert set(await lb.requests_from_every_worker()) == {"b1"}
     text = (await lb.get("/metrics")).body.decode()
     assert metric_sum(text, "lbproxy_worker_restarts", "lbproxy_worker_restarts_total") == 1
+    after = metric_sum(text, "lbproxy_requests", "lbproxy_requests_total")
+    assert after >= counted + 10, "counters seen from the dead worker are kept: totals never go down"
 
 
 async def test_sighup_and_post_reload_apply_to_every_worker(lbproxy: Start, http_backends) -> None:
@@ -161,13 +166,14 @@ async def test_sighup_and_post_reload_apply_to_every_worker(lbproxy: Start, http
     await lb.wait_line("lbproxy.supervisor: configuration reloaded", after=mark)
     assert "(2 of 2 workers applied it)" in lb.lines[-1] or any("2 of 2 workers" in l for l in lb.lines[mark:])
     assert (await backends_of(*lb.address(), 30)) == {"b2": 30}
-    workers = (await lb.status())["workers"]
-    assert [w["reloads"]["success"] for w in workers] == [1, 1]
-    assert all(w["requests_total"] > 0 for w in workers)
+    assert set(await lb.requests_from_every_worker()) == {"b2"}
+    assert [w["reloads"]["success"] for w in (await lb.status())["workers"]] == [1, 1]
 
     path.write_text(config_text(web[1:2]) + "bogus_key: 1\n")
-    checked = subprocess.run([sys.executable, "-m", "lbproxy", "check", "-c", str(path)], capture_output=True,
-                             text=True, timeout=30, cwd=ROOT)  # fmt: skip
+    checked = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "lbproxy", "check", "-c", str(path)],
+        capture_output=True, text=True, timeout=30, cwd=ROOT, check=False,
+    )  # fmt: skip
     problems = [l for l in checked.stderr.splitlines() if re.match(rf"{re.escape(str(path))}:\d+: ", l)]
     assert problems
     mark = len(lb.lines)
@@ -180,7 +186,7 @@ async def test_sighup_and_post_reload_apply_to_every_worker(lbproxy: Start, http
     path.write_text(config_text(web[2:]))
     r = await lb.post("/reload")
     assert r.status == 200 and r.json()["applied"] is True
-    assert (await backends_of(*lb.address(), 20)) == {"b3": 20}
+    assert set(await lb.requests_from_every_worker()) == {"b3"}
     assert [w["reloads"]["success"] for w in (await lb.status())["workers"]] == [2, 2]
     text = (await lb.get("/metrics")).body.decode()
     assert metric_sum(text, "lbproxy_config_reloads", "lbproxy_config_reloads_total", result="success") == 2
@@ -223,17 +229,63 @@ async def test_sigterm_drains_every_worker_and_exits_zero(lbproxy: Start, server
         await fetch(*lb.address())
 
 
+async def test_reload_adds_and_removes_listeners_in_every_worker(lbproxy: Start, http_backends) -> None:
+    web = await http_backends(1)
+    lb = await lbproxy(config_text(web), "--workers", "2")
+    first = lb.address()
+    two = config_text(web).replace(
+        "listeners:\n", "listeners:\n  - {name: second, bind: '127.0.0.1:0', mode: tcp, pool: web}\n"
+    )
+    lb.config.write_text(two)
+    mark = len(lb.lines)
+    assert (await lb.post("/reload")).json()["applied"] is True
+    await lb.wait_line("listener second (tcp) on", after=mark)
+    second = lb.address("second")
+    for _ in range(20):  # the new socket reached both workers: whichever accepts, it works
+        reader, writer = await asyncio.open_connection(*second)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        async with asyncio.timeout(5):
+            assert (await reader.read()).startswith(b"HTTP/1.1 200 OK")
+        writer.close()
+    tcp = [l for l in (await lb.status())["listeners"] if l["name"] == "second"]
+    assert tcp and tcp[0]["connections_total"] == 20
+    assert [w["reloads"]["success"] for w in (await lb.status())["workers"]] == [1, 1], "both took the socket"
+
+    lb.config.write_text(two.replace("  - {name: public, bind: '127.0.0.1:0', routes: [{pool: web}]}\n", ""))
+    assert (await lb.post("/reload")).json()["applied"] is True
+    with pytest.raises(OSError):
+        await fetch(*first)
+    assert [l["name"] for l in (await lb.status())["listeners"]] == ["second"]
+    assert [w["reloads"]["success"] for w in (await lb.status())["workers"]] == [2, 2]
+
+
+async def test_workers_leave_when_the_supervisor_is_killed(lbproxy: Start, http_backends) -> None:
+    web = await http_backends(1)
+    lb = await lbproxy(config_text(web), "--workers", "2")
+    pids = [w["pid"] for w in (await lb.status())["workers"]]
+    assert await lb.stop(signal.SIGKILL) == -signal.SIGKILL
+    async with asyncio.timeout(15):  # they notice the channel closing, drain and exit
+        while any(alive(pid) and not zombie(pid) for pid in pids):
+            await asyncio.sleep(0.05)
+
+
+def zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 async def test_drain_action_reaches_every_worker(lbproxy: Start, http_backends) -> None:
     web = await http_backends(2)
     lb = await lbproxy(config_text(web), "--workers", "2")
     assert set(await backends_of(*lb.address(), 20)) == {"b1", "b2"}
-    before = [w["requests_total"] for w in (await lb.status())["workers"]]
     r = await lb.post(f"/pools/web/backends/127.0.0.1:{web[0]}/drain")
     assert r.status == 200
     assert r.json()["state"] == "draining" and r.json()["worker_states"] == ["draining", "draining"]
     assert (await backends_of(*lb.address(), 40)) == {"b2": 40}
-    workers = (await lb.status())["workers"]
-    assert all(w["requests_total"] > b for w, b in zip(workers, before)), "both workers served, none sent to b1"
+    assert set(await lb.requests_from_every_worker()) == {"b2"}, "both workers served, none sent to b1"
     backend = (await lb.status())["pools"][0]["backends"][0]
     assert backend["state"] == "draining" and backend["worker_states"] == ["draining", "draining"]
     assert (await lb.post("/pools/web/backends/127.0.0.1:1/drain")).status == 404
@@ -297,5 +349,111 @@ def test_workers_config_values() -> None:
 
 def test_run_refuses_a_bad_workers_flag() -> None:
     out = subprocess.run([sys.executable, "-m", "lbproxy", "run", "-c", "x.yaml", "--workers", "0"],
-                         capture_output=True, text=True, timeout=30, cwd=ROOT)  # fmt: skip
+                         capture_output=True, text=True, timeout=30, cwd=ROOT, check=False)  # fmt: skip
     assert out.returncode == 2 and "--workers: must be between 1 and 1024" in out.stderr
+
+
+# -- the pieces, without processes ---------------------------------------------------------------
+
+
+async def test_control_channel_carries_messages_and_sockets() -> None:
+    from lbproxy.runtime.channel import ChannelClosed, ControlChannel
+
+    left, right = socket.socketpair()
+    received: list[tuple[dict, list[int]]] = []
+    a = ControlChannel(left, lambda m, fds: None, name="a")
+
+    def answer(message: dict, fds: list[int]) -> None:
+        received.append((message, fds))
+        b.reply(message, {"echo": message.get("payload"), "fds": len(fds)})
+
+    b = ControlChannel(right, answer, name="b")
+    listening = socket.create_server(("127.0.0.1", 0))
+    try:
+        big = "x" * 3_000_000  # larger than the socket buffers: sent in pieces
+        async with asyncio.timeout(10):
+            reply = await a.request({"op": "take", "payload": big}, 10, fds=[listening.fileno()])
+        assert reply["echo"] == big and reply["fds"] == 1
+        ((_, fds),) = received
+        copy = socket.socket(fileno=fds[0])
+        assert copy.getsockname() == listening.getsockname(), "the same listening socket, another descriptor"
+        copy.close()
+        with pytest.raises(TimeoutError):
+            await ControlChannel.request(b, {"op": "nobody answers"}, 0.1)
+        b.close()
+        with pytest.raises(ChannelClosed):
+            async with asyncio.timeout(5):
+                await a.request({"op": "after close"}, 5)
+        assert a.is_closed
+    finally:
+        listening.close()
+        a.close()
+        b.close()
+
+
+def test_merged_status_and_metrics() -> None:
+    from lbproxy.runtime.merge import fold_departed, merge_metrics, merge_status
+
+    def backend(state: str, active: int, conns: int, ejected: bool = False) -> dict:
+        return {"address": "10.0.0.1:80", "state": state, "admin": "ready", "checked_up": True, "ejected": ejected,
+                "weight": 1, "effective_weight": 1, "active": active, "connections_total": conns,
+                "failures_total": 0, "responses_5xx": 0, "errors": {"reset": 1} if conns else {}}  # fmt: skip
+
+    def status(b: dict) -> dict:
+        return {"version": "x", "ready": True, "reloads": {"success": 1, "failure": 0},
+                "listeners": [{"name": "public", "mode": "http", "bind": "127.0.0.1:1", "connections_active": 2,
+                               "connections_total": 5, "requests_total": 7}],
+                "pools": [{"name": "web", "no_backend_total": 1, "backends": [b]}]}  # fmt: skip
+
+    view = status(backend("healthy", 0, 0))
+    view["listeners"] = []
+    view["pools"][0]["backends"][0]["last_check"] = {"result": "passed"}
+    view["pools"][0]["no_backend_total"] = 0
+    workers = [
+        {"index": 0, "pid": 10, "state": "running", "restarts": 0, "status": status(backend("healthy", 1, 3))},
+        {"index": 1, "pid": 11, "state": "running", "restarts": 2, "status": status(backend("ejected", 2, 4, True))},
+        {"index": 2, "pid": None, "state": "restarting", "restarts": 1, "status": None},
+    ]
+    merged = merge_status(view, workers)
+    (listener,) = merged["listeners"]
+    assert (listener["connections_active"], listener["connections_total"], listener["requests_total"]) == (4, 10, 14)
+    (b,) = merged["pools"][0]["backends"]
+    assert (b["active"], b["connections_total"], b["errors"]) == (3, 7, {"reset": 2})
+    assert b["state"] == "ejected" and b["ejected"] is True and b["last_check"] == {"result": "passed"}
+    assert b["worker_states"] == ["healthy", "ejected", None]
+    assert merged["pools"][0]["no_backend_total"] == 2
+    assert [w.get("requests_total") for w in merged["workers"]] == [7, 7, None]
+
+    def snap(requests: int, active: int, ejected: int) -> dict:
+        return {"reloads": {"success": 0, "failure": 0}, "last_reload_success": 1.0,
+                "listeners": [{"name": "public", "connections_total": requests, "connections_active": active,
+                               "rejected_total": 0, "bytes_in": 1, "bytes_out": 2, "tls_handshake_failures": None,
+                               "requests": [["r", "web", "10.0.0.1:80", 200, requests]],
+                               "durations": [["web", [["0.1", requests], ["+Inf", requests]], 0.5]]}],
+                "pools": [{"name": "web", "no_backend_total": 0, "retries_total": 1,
+                           "connect": [[["0.1", 1], ["+Inf", 1]], 0.01], "health_check": True,
+                           "discovery_failures": None,
+                           "backends": [{"label": "10.0.0.1:80", "state": "healthy", "active": active, "weight": 1,
+                                         "errors": {}, "transitions": {"ejected": ejected, "healthy": 1},
+                                         "record": True, "checks_passed": 0, "checks_failed": 0,
+                                         "ejections_total": ejected}]}]}  # fmt: skip
+
+    view_snap = snap(0, 0, 0)
+    view_snap["listeners"] = []
+    view_snap["pools"][0].update(retries_total=0, connect=[[["0.1", 0], ["+Inf", 0]], 0.0])
+    view_snap["pools"][0]["backends"][0].update(checks_passed=9, transitions={"healthy": 1})
+    total = merge_metrics(view_snap, [snap(3, 1, 1), snap(4, 2, 0)])
+    (listener,) = total["listeners"]
+    assert listener["requests"] == [["r", "web", "10.0.0.1:80", 200, 7]]
+    assert listener["durations"] == [["web", [["0.1", 7], ["+Inf", 7]], 1.0]]
+    assert (listener["connections_active"], listener["tls_handshake_failures"]) == (3, None)
+    (b,) = total["pools"][0]["backends"]
+    assert (b["active"], b["checks_passed"], b["ejections_total"]) == (3, 9, 1)
+    assert b["transitions"] == {"healthy": 1, "ejected": 1}
+    assert total["pools"][0]["retries_total"] == 2 and total["pools"][0]["connect"][0][-1] == ["+Inf", 2]
+
+    departed = fold_departed(None, snap(3, 1, 1), view_snap)
+    later = merge_metrics(view_snap, [snap(4, 2, 0)], departed)
+    assert later["listeners"][0]["requests"] == [["r", "web", "10.0.0.1:80", 200, 7]], "no counter goes down"
+    assert later["listeners"][0]["connections_active"] == 2, "a dead worker has no live connections"
+    assert later["pools"][0]["backends"][0]["active"] == 2

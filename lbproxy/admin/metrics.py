@@ -257,14 +257,14 @@ class _SnapshotCollector:
 def render_snapshot(snap: Snapshot) -> bytes:
     """The Prometheus text for a (merged) snapshot."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SnapshotCollector(snap))  # type: ignore[arg-type]
+    registry.register(_SnapshotCollector(snap))
     return generate_latest(registry)
 
 
 def make_registry(daemon: Daemon) -> CollectorRegistry:
     """A registry holding only this daemon's metrics (tests run several daemons per process)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(daemon))  # type: ignore[arg-type]
+    registry.register(DaemonCollector(daemon))
     return registry
 
 

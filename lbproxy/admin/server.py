@@ -67,7 +67,7 @@ def _weight_from(request: AdminRequest) -> int | None:
     if isinstance(raw, bool):
         return None
     try:
-        weight = int(raw)  # type: ignore[arg-type]
+        weight = int(raw)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         return None
     return weight if 1 <= weight <= 1000 else None
@@ -76,7 +76,10 @@ def _weight_from(request: AdminRequest) -> int | None:
 class AdminTarget(Protocol):
     """What the admin listener serves: a ``Daemon``, or the ``Supervisor`` of several workers."""
 
-    ready: bool  # /readyz
+    @property
+    def ready(self) -> bool:
+        """/readyz: True while accepting traffic."""
+        ...
 
     async def status_document(self) -> dict[str, object]:
         """The /status JSON document."""

@@ -30,7 +30,12 @@ import dns.nameserver
 import dns.resolver
 
 from lbproxy.config.model import Address, BackendConfig, PoolConfig
-from lbproxy.discovery.members import EntryKey, discovered_backends, entry_key, sort_addresses
+from lbproxy.discovery.members import (
+    EntryKey,
+    discovered_backends,
+    entry_key,
+    sort_addresses,
+)
 
 log = logging.getLogger("lbproxy.discovery")
 

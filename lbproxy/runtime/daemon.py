@@ -35,7 +35,11 @@ from lbproxy.l7.listener import HttpListener, UpstreamRegistry
 from lbproxy.net.listener import BaseListener
 from lbproxy.pool.backend import Backend
 from lbproxy.pool.pool import Pool
-from lbproxy.runtime.health_roles import OnVerdict, PassiveHealthChecker, ReportingHealthChecker
+from lbproxy.runtime.health_roles import (
+    OnVerdict,
+    PassiveHealthChecker,
+    ReportingHealthChecker,
+)
 
 if TYPE_CHECKING:
     from lbproxy.discovery.resolver import Discovery
@@ -207,6 +211,8 @@ class Daemon:
     def make_listener(self, config: ListenerConfig) -> BaseListener:
         """A listener for ``config`` (not started), wired to this daemon's pools."""
         sock = self._sockets.pop(config.name, None)
+        if sock is None and self.role == "worker":  # binding here would open a port of its own
+            raise OSError(f"no socket from the supervisor for listener {config.name}")
         if config.mode == "tcp":
             assert config.pool is not None
             tcp = TcpListener(config, self.pools[config.pool], access_log=self.access_log, sock=sock)

@@ -37,7 +37,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import lbproxy
 from lbproxy import __version__
@@ -194,9 +194,9 @@ class Supervisor:
             await self.admin.start()
 
     async def _wait_started(self) -> bool:
-        ready = asyncio.ensure_future(asyncio.gather(*(s.ready.wait() for s in self.slots)))
-        failed = asyncio.ensure_future(self._startup_failed.wait())
-        stop = asyncio.ensure_future(self._stopping.wait())
+        ready: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*(s.ready.wait() for s in self.slots)))
+        failed: asyncio.Future[Any] = asyncio.ensure_future(self._startup_failed.wait())
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
         try:
             done, _ = await asyncio.wait({ready, failed, stop}, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -431,7 +431,7 @@ class Supervisor:
 
     async def _ask_all(self, message: Message, *, starting: bool = False, timeout: float = FANOUT_TIMEOUT) -> list[Message | None]:
         """Each worker's answer to ``message`` (None for a worker that is down or did not answer)."""
-        channels = dict((s.index, c) for s, c in self._channels(starting=starting))
+        channels = {s.index: c for s, c in self._channels(starting=starting)}
 
         async def ask(slot: WorkerSlot) -> Message | None:
             channel = channels.get(slot.index)
@@ -476,6 +476,8 @@ class Supervisor:
             for s, a in zip(self.slots, answers)
         ]  # fmt: skip
         document = merge_status(view, reports)
+        order = {listener.name: i for i, listener in enumerate(self.config.listeners)}
+        document["listeners"].sort(key=lambda item: order.get(item["name"], len(order)))
         document["supervisor"] = {"pid": os.getpid(), "socket_sharing": self.sharing}
         return document
 

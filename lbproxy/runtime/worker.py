@@ -76,6 +76,7 @@ class Worker:
     def __init__(self, sock: socket.socket, index: int) -> None:
         self.index = index
         self.daemon: Daemon | None = None
+        self.stop_requested = False
         self.inbox: asyncio.Queue[tuple[Message, list[int]]] = asyncio.Queue()
         self.channel = ControlChannel(sock, self._on_message, name="supervisor channel")
 
@@ -89,8 +90,9 @@ class Worker:
         """
         try:
             async with asyncio.timeout(INIT_TIMEOUT):
-                inbox = asyncio.ensure_future(self.inbox.get())
-                done, _ = await asyncio.wait({inbox, self.channel.closed}, return_when=asyncio.FIRST_COMPLETED)
+                inbox: asyncio.Future[Any] = asyncio.ensure_future(self.inbox.get())
+                waiting: set[asyncio.Future[Any]] = {inbox, self.channel.closed}
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if inbox not in done:
                     inbox.cancel()
                     raise WorkerError("the supervisor closed the channel before sending the configuration")
@@ -122,6 +124,8 @@ class Worker:
         assert daemon is not None, "start() first"
         serving = asyncio.ensure_future(self._serve())
         stopped = asyncio.ensure_future(daemon.run_until_stopped())
+        if self.stop_requested:
+            daemon.request_stop()
         try:
             await asyncio.wait({stopped, self.channel.closed}, return_when=asyncio.FIRST_COMPLETED)
             if not stopped.done():
@@ -135,7 +139,9 @@ class Worker:
         return 0
 
     def request_stop(self) -> None:
-        """SIGTERM: drain and exit (safe from a signal handler, more than once)."""
+        """SIGTERM: drain and exit (safe from a signal handler, more than once; before ``start``
+        has finished too: the daemon then stops as soon as it runs)."""
+        self.stop_requested = True
         if self.daemon is not None:
             self.daemon.request_stop()
 
