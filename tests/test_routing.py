@@ -206,3 +206,42 @@ async def test_per_route_timeout_and_retries_override_the_pool(make_daemon, serv
     assert sorted(statuses) == [200, 200, 502, 502], "retries: 0 never tries a second backend"
     for _ in range(4):
         assert (await fetch(host, port, path="/other")).status == 200, "the pool's retries fail over"
+
+
+async def test_cookie_affinity_fallback_strategy_is_configurable(make_daemon, servers, http_backends) -> None:
+    """Requests without a usable cookie are placed by the configured fallback (least connections
+    here: the idle backend gets the new client while the other one is busy)."""
+
+    class Slow(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            asyncio.get_running_loop().call_later(
+                0.5, self.transport.write, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow"
+            )
+
+    slow = await servers(Slow)
+    fast = await http_backends(1, prefix="fast")
+    daemon = await make_daemon(
+        f"""
+        pools:
+          cart:
+            strategy: cookie_affinity
+            cookie: {{fallback: least_connections}}
+            backends: ["127.0.0.1:{slow.sockets[0].getsockname()[1]}", "127.0.0.1:{fast[0]}"]
+        listeners:
+          - {{name: public, bind: 127.0.0.1:0, routes: [{{pool: cart}}]}}
+        """
+    )
+    host, port = daemon.listener_address("public")
+    busy = [await Connection.open(host, port) for _ in range(2)]
+    for conn in busy:  # one lands on each backend; the fast one answers at once
+        await conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.sleep(0.1)
+    for _ in range(4):
+        r = await fetch(host, port)
+        assert r.status == 200 and r.json()["backend"] == "fast1", "least connections avoids the busy one"
+    for conn in busy:
+        await conn.read_response()
+        await conn.close()

@@ -103,7 +103,7 @@ _OUTLIER_KEYS = (
     "max_ejection_time",
     "max_ejection_percent",
 )
-_COOKIE_KEYS = ("name", "path", "max_age", "http_only", "secure", "same_site", "secret")
+_COOKIE_KEYS = ("name", "path", "max_age", "http_only", "secure", "same_site", "secret", "fallback")
 _LISTENER_KEYS = (
     "name",
     "bind",
@@ -957,7 +957,15 @@ def _build_cookie(pool: _Section) -> CookieConfig:
         secure=sec.get("secure", _bool, default.secure),
         same_site=same_site,  # type: ignore[arg-type]
         secret=sec.get("secret", _text, default.secret),
+        fallback=sec.get("fallback", _fallback_strategy, default.fallback),
     )
+
+
+def _fallback_strategy(value: Any) -> str:
+    name = _strategy(value)
+    if name == "cookie_affinity":
+        raise ValueError("the fallback of cookie_affinity must be another strategy")
+    return name
 
 
 # ---- admin and access log

@@ -99,6 +99,7 @@ class CookieConfig:
     secure: bool = False
     same_site: SameSite | None = "Lax"
     secret: str = ""  # HMAC key; instances sharing it honour each other's cookies
+    fallback: str = "round_robin"  # picks (and re-dispatches) requests without a usable cookie
 
 
 @dataclass(frozen=True, slots=True)

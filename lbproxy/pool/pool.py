@@ -21,7 +21,7 @@ class Pool:
         self.config = config
         self.backends: list[Backend] = [Backend(b, config.name) for b in config.backends]
         self.by_label: dict[str, Backend] = {b.label: b for b in self.backends}
-        self.strategy: Strategy = create_strategy(config.strategy, self.backends)
+        self.strategy: Strategy = create_strategy(_picking_strategy(config), self.backends)
         self.no_backend_total = 0
         self.retries_total = 0  # another attempt after a failed one (connect failover, stale reuse)
         self.connect_durations = Histogram()  # seconds to establish upstream connections
@@ -53,12 +53,12 @@ class Pool:
             backends.append(backend)
         kept = {b.label for b in backends}
         removed = [b for b in self.backends if b.label not in kept]
-        strategy_changed = config.strategy != self.config.strategy
+        strategy_changed = _picking_strategy(config) != _picking_strategy(self.config)
         self.config = config
         self.backends = backends
         self.by_label = {b.label: b for b in backends}
         if strategy_changed:
-            self.strategy = create_strategy(config.strategy, backends)
+            self.strategy = create_strategy(_picking_strategy(config), backends)
         else:
             self.strategy.update(backends)
         return added, removed
@@ -73,3 +73,11 @@ class Pool:
     def __repr__(self) -> str:
         up = sum(1 for b in self.backends if b.available)
         return f"<Pool {self.name} strategy={self.config.strategy} backends={len(self.backends)} available={up}>"
+
+
+def _picking_strategy(config: PoolConfig) -> str:
+    """The strategy that picks backends: for ``cookie_affinity``, its cookie's ``fallback`` picks
+    requests that carry no usable cookie (the cookie itself is honoured by the L7 exchange)."""
+    if config.strategy == "cookie_affinity":
+        return config.cookie.fallback
+    return config.strategy
