@@ -168,3 +168,49 @@ async def test_tls_termination_sni_certificates_reload_and_failures(make_daemon,
     await daemon.reload(load_config_text(new_text, "<reload>"))
     code, _, err = await curl_get("www.shop.test")
     assert code == 0 and "subject: CN=shop.test" in err and "www.shop.test" in err, err
+
+
+async def test_tls_to_backends_with_verification_and_health_checks(make_daemon, tmp_path: Path) -> None:
+    """A pool with ``tls:`` speaks TLS to its backends, verifies them, and so do its checks."""
+    from lbproxy.demo.backends import EchoHttpProtocol
+    from tests.client import fetch
+
+    ca = LocalCA(tmp_path / "ca")
+    good = ca.issue("backend.internal")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(good.cert, good.key)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: EchoHttpProtocol("tls-backend"), "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        daemon = await make_daemon(
+            f"""
+            pools:
+              secure:
+                backends: ["127.0.0.1:{port}"]
+                tls: {{ca_file: "{ca.cert}", server_name: backend.internal}}
+                health_check: {{type: http, interval: 0.1, timeout: 1}}
+              wrong_name:
+                backends: ["127.0.0.1:{port}"]
+                tls: {{ca_file: "{ca.cert}", server_name: other.internal}}
+                outlier_detection: false
+            listeners:
+              - name: public
+                bind: 127.0.0.1:0
+                routes:
+                  - {{match: {{path_prefix: /wrong}}, pool: wrong_name}}
+                  - {{pool: secure}}
+            """
+        )
+        host, lport = daemon.listener_address("public")
+        r = await fetch(host, lport, path="/over-tls")
+        assert r.status == 200 and r.json()["backend"] == "tls-backend"
+        record = daemon.health.pools["secure"].records[daemon.pools["secure"].backends[0]]
+        async with asyncio.timeout(5):
+            while record.checks_passed < 2:
+                await asyncio.sleep(0.05)
+        assert record.last_detail == "status 200", "the http check went over TLS"
+        r = await fetch(host, lport, path="/wrong")
+        assert r.status == 502, "a certificate that doesn't name the backend is refused"
+    finally:
+        server.close()

@@ -29,6 +29,7 @@ from lbproxy.health.probes import http_probe, tcp_probe
 from lbproxy.net import proxy_protocol
 from lbproxy.pool.backend import Backend, BackendState
 from lbproxy.pool.pool import Pool
+from lbproxy.tls.contexts import upstream_context
 
 log = logging.getLogger("lbproxy.health")
 
@@ -215,11 +216,15 @@ class PoolHealth:
         check = self.config.health_check
         assert check is not None
         preamble = self._preamble(backend)
+        tls_config = self.config.tls
+        tls = None
+        if tls_config is not None:  # checks speak TLS like the traffic does
+            tls = (upstream_context(tls_config), tls_config.server_name or backend.host)
         while backend in self.records:
             if check.type == "http":
-                ok, detail = await http_probe(backend.host, backend.port, check, preamble)
+                ok, detail = await http_probe(backend.host, backend.port, check, preamble, tls)
             else:
-                ok, detail = await tcp_probe(backend.host, backend.port, check.timeout, preamble)
+                ok, detail = await tcp_probe(backend.host, backend.port, check.timeout, preamble, tls)
             self.record_check(backend, ok, detail)
             await asyncio.sleep(self.next_delay(backend))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import ssl
 
 import httptools
 
@@ -17,12 +18,14 @@ from lbproxy.config.model import HealthCheckConfig
 MAX_BODY = 64 * 1024
 
 
-async def tcp_probe(host: str, port: int, timeout: float, preamble: bytes = b"") -> tuple[bool, str]:
-    """Succeeds when a TCP connection to ``host:port`` opens within ``timeout`` seconds."""
+async def tcp_probe(
+    host: str, port: int, timeout: float, preamble: bytes = b"", tls: TlsTarget | None = None
+) -> tuple[bool, str]:
+    """Succeeds when a TCP connection to ``host:port`` (and its TLS handshake) completes in time."""
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
-            _, writer = await asyncio.open_connection(host, port)
+            _, writer = await _open(host, port, tls)
             if preamble:
                 writer.write(preamble)
                 await writer.drain()
@@ -36,10 +39,24 @@ async def tcp_probe(host: str, port: int, timeout: float, preamble: bytes = b"")
             writer.close()
 
 
+TlsTarget = tuple[ssl.SSLContext, str]  # context and server name (SNI, verified name)
+
+
+async def _open(
+    host: str, port: int, tls: TlsTarget | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if tls is None:
+        return await asyncio.open_connection(host, port)
+    context, server_name = tls
+    return await asyncio.open_connection(host, port, ssl=context, server_hostname=server_name)
+
+
 def _describe(exc: OSError) -> str:
     """A few words for a failed connect, the same on uvloop and asyncio's loop."""
     if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
         return "connection refused"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
     if exc.errno is not None:
         return os.strerror(exc.errno).lower()
     return exc.strerror or type(exc).__name__
@@ -65,7 +82,7 @@ class _ResponseReader:
 
 
 async def http_probe(
-    host: str, port: int, config: HealthCheckConfig, preamble: bytes = b""
+    host: str, port: int, config: HealthCheckConfig, preamble: bytes = b"", tls: TlsTarget | None = None
 ) -> tuple[bool, str]:
     """Succeeds when ``METHOD PATH`` gets an expected status (and body substring) in time."""
     writer: asyncio.StreamWriter | None = None
@@ -78,7 +95,7 @@ async def http_probe(
     parser = httptools.HttpResponseParser(reader_state)
     try:
         async with asyncio.timeout(config.timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await _open(host, port, tls)
             writer.write(preamble + request)
             while not reader_state.done:
                 data = await reader.read(65536)
