@@ -32,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides 'workers' in the config (default 1: one process)",
     )
     run.add_argument(
-        "--reuse-port",
+        "--shared-socket",
         action="store_true",
-        help="with workers: give each worker its own SO_REUSEPORT socket instead of sharing one",
+        help="with workers: one listening socket shared by all workers, instead of one SO_REUSEPORT "
+        "socket each (which spreads connections more evenly)",
     )
     # set by the supervisor when it starts a worker process; not for people
     run.add_argument("--worker-channel", type=int, help=argparse.SUPPRESS)
@@ -159,7 +160,7 @@ def _run_supervisor(args: argparse.Namespace, config: Config, workers: int) -> i
         supervisor = Supervisor(
             config,
             workers,
-            sharing="reuseport" if args.reuse_port else "shared",
+            sharing="shared" if args.shared_socket else "reuseport",
             log_level=args.log_level,
             workers_from_cli=args.workers is not None,
         )

@@ -44,7 +44,10 @@ def config_text(backends: list[int], extra_pool: str = "", extra: str = "") -> s
 
 @pytest.fixture
 async def lbproxy(tmp_path: Path) -> AsyncIterator[Start]:
-    """``await lbproxy(config_text, *args)``: a running lbproxy process, stopped at the end."""
+    """``await lbproxy(config_text, *args)``: a running lbproxy process, stopped at the end.
+
+    With ``LBPROXY_TEST_LOGS=FILE`` set, every process's stderr is appended to FILE (debugging).
+    """
     started: list[LbProcess] = []
 
     async def factory(text: str, *args: str) -> LbProcess:
@@ -92,14 +95,15 @@ def metric_sum(text: str, family: str, sample: str, **labels: str) -> float:
     return 0.0
 
 
-async def test_two_workers_both_serve_requests(lbproxy: Start, http_backends) -> None:
+@pytest.mark.parametrize("sharing", ["reuseport", "shared"])
+async def test_two_workers_both_serve_requests(lbproxy: Start, http_backends, sharing: str) -> None:
     web = await http_backends(1)
-    lb = await lbproxy(config_text(web), "--workers", "2")
+    lb = await lbproxy(config_text(web), "--workers", "2", *(["--shared-socket"] if sharing == "shared" else []))
     status = await lb.status()
     pids = [w["pid"] for w in status["workers"]]
     assert len(set(pids)) == 2 and all(child_of(pid, lb.proc.pid) for pid in pids)
     assert [w["state"] for w in status["workers"]] == ["running", "running"]
-    assert status["supervisor"]["pid"] == lb.proc.pid
+    assert status["supervisor"] == {"pid": lb.proc.pid, "socket_sharing": sharing}
 
     assert (await backends_of(*lb.address(), 40)) == {"b1": 40}
     answered = await lb.requests_from_every_worker()
@@ -127,9 +131,10 @@ async def test_metrics_totals_are_summed_over_workers(lbproxy: Start, http_backe
     assert sum(b["connections_total"] for b in status["pools"][0]["backends"]) == 37
 
 
-async def test_killed_worker_is_restarted_and_service_continues(lbproxy: Start, http_backends) -> None:
+@pytest.mark.parametrize("sharing", ["reuseport", "shared"])
+async def test_killed_worker_is_restarted_and_service_continues(lbproxy: Start, http_backends, sharing: str) -> None:
     web = await http_backends(1)
-    lb = await lbproxy(config_text(web), "--workers", "2")
+    lb = await lbproxy(config_text(web), "--workers", "2", *(["--shared-socket"] if sharing == "shared" else []))
     await lb.requests_from_every_worker()
     counted = metric_sum((await lb.get("/metrics")).body.decode(), "lbproxy_requests", "lbproxy_requests_total")
     victim = (await lb.status())["workers"][0]["pid"]
@@ -152,6 +157,26 @@ async def test_killed_worker_is_restarted_and_service_continues(lbproxy: Start, 
     assert metric_sum(text, "lbproxy_worker_restarts", "lbproxy_worker_restarts_total") == 1
     after = metric_sum(text, "lbproxy_requests", "lbproxy_requests_total")
     assert after >= counted + 10, "counters seen from the dead worker are kept: totals never go down"
+
+
+async def test_a_worker_that_keeps_dying_does_not_hold_connections(lbproxy: Start, http_backends) -> None:
+    web = await http_backends(1)
+    lb = await lbproxy(config_text(web), "--workers", "2")
+    first = (await lb.status())["workers"][0]["pid"]
+    os.kill(first, signal.SIGKILL)
+    async with asyncio.timeout(15):
+        while (worker := (await lb.status())["workers"][0])["state"] != "running" or worker["pid"] == first:
+            await asyncio.sleep(0.05)
+    assert child_of(worker["pid"], lb.proc.pid)
+    mark = len(lb.lines)
+    os.kill(worker["pid"], signal.SIGKILL)  # again, soon after: a crash loop
+    await lb.wait_line("worker 0 keeps failing: its 1 sockets are closed", after=mark)
+    for _ in range(20):  # none of them waits for worker 0 to come back
+        started = time.monotonic()
+        assert (await fetch(*lb.address())).status == 200
+        assert time.monotonic() - started < 0.5
+    await lb.wait_line("worker 0 (pid", after=len(lb.lines))
+    assert set(await lb.requests_from_every_worker()) == {"b1"}, "a new socket for worker 0 when it is back"
 
 
 async def test_sighup_and_post_reload_apply_to_every_worker(lbproxy: Start, http_backends) -> None:

