@@ -146,3 +146,59 @@ async def test_per_client_connection_cap_and_request_rate_limit(make_daemon, htt
         r = await conn.request(headers={"X-Forwarded-For": f"10.1.1.{i}"})
         assert r.status == 200, "different clients behind one proxy each get their own bucket"
     await conn.close()
+
+
+async def test_endless_response_body_is_cut_by_the_pool_limit(make_daemon, servers) -> None:
+    """A backend that never stops sending is cut at max_response_body_bytes; nothing leaks."""
+
+    class Endless(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.paused = False
+
+        def data_received(self, data: bytes) -> None:
+            if b"\r\n\r\n" in data:
+                self.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                self.pump()
+
+        def pump(self) -> None:
+            if self.transport.is_closing() or self.paused:
+                return
+            self.transport.write(b"10000\r\n" + b"e" * 0x10000 + b"\r\n")
+            asyncio.get_running_loop().call_soon(self.pump)
+
+        def pause_writing(self) -> None:
+            self.paused = True
+
+        def resume_writing(self) -> None:
+            self.paused = False
+            self.pump()
+
+    server = await servers(Endless)
+    daemon = await make_daemon(
+        f"""
+        pools:
+          web:
+            backends: ["127.0.0.1:{server.sockets[0].getsockname()[1]}"]
+            max_response_body_bytes: 1048576
+        listeners:
+          - {{name: public, bind: 127.0.0.1:0, routes: [{{pool: web}}]}}
+        """
+    )
+    host, port = daemon.listener_address("public")
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = 0
+    async with asyncio.timeout(10):
+        try:
+            while data := await reader.read(1 << 16):
+                received += len(data)
+        except ConnectionResetError:
+            pass
+    writer.close()
+    assert 1 << 20 <= received < 4 << 20, f"cut near the limit, got {received} bytes"
+    backend = daemon.pools["web"].backends[0]
+    assert backend.errors.get("bad_response") == 1
+    async with asyncio.timeout(5):
+        while daemon.listeners["public"].connections or backend.active:
+            await asyncio.sleep(0.05)

@@ -73,6 +73,7 @@ _POOL_KEYS = (
     "slow_start",
     "connect_timeout",
     "response_timeout",
+    "max_response_body_bytes",
     "retries",
     "max_idle_connections",
     "idle_connection_timeout",
@@ -797,6 +798,7 @@ def _build_pool(ctx: _Context, name: str, value: Any, path: str, line: int) -> P
         slow_start=sec.get("slow_start", _duration(positive=False), default.slow_start),
         connect_timeout=sec.get("connect_timeout", positive, default.connect_timeout),
         response_timeout=sec.get("response_timeout", positive, default.response_timeout),
+        max_response_body_bytes=sec.get("max_response_body_bytes", _int(0), default.max_response_body_bytes),
         retries=sec.get("retries", _int(0, 100), default.retries),
         max_idle_connections=sec.get(
             "max_idle_connections", _int(0), default.max_idle_connections

@@ -455,7 +455,7 @@ class TcpSession(asyncio.Protocol):
             if connecting is not None:
                 connecting.detach()  # a connect that lost the race with the timeout, if any
             assert self.backend is not None and error is not None
-            self.backend.note_failure()
+            self.backend.note_failure(error.kind)
             self._release_backend()
             if not client_gone:
                 self._dial_next(error)

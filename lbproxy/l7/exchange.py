@@ -75,6 +75,7 @@ class Exchange:
         "hash_key",
         "set_cookies",
         "held",
+        "response_limit",
         "headers",
         "method",
         "http10",
@@ -131,6 +132,7 @@ class Exchange:
         self.set_cookies: list[bytes] = []  # Set-Cookie values lbproxy adds to the response
         # Response bytes produced during one upstream read, written with one syscall at its end.
         self.held: list[bytes] | None = None
+        self.response_limit: int | None = None  # the pool's max_response_body_bytes
         self.backend: Backend | None = None
         self.tried: list[Backend] = []
         self.last_error: UpstreamError | None = None
@@ -338,6 +340,7 @@ class Exchange:
             pool = route.pool
         self.pool = pool
         pool_config = pool.config
+        self.response_limit = pool_config.max_response_body_bytes
         self.hash_key = session.client_host
         if pool_config.strategy == "cookie_affinity":
             name = pool_config.cookie.name.encode()
@@ -503,7 +506,7 @@ class Exchange:
             return
         if conn is None:
             assert error is not None and self.backend is not None
-            self.backend.note_failure()
+            self.backend.note_failure(error.kind)
             self.backend.release()
             self.backend = None
             self.last_error = error
@@ -648,6 +651,9 @@ class Exchange:
 
     def upstream_body(self, chunk: bytes) -> None:
         self.bytes_out += len(chunk)
+        limit = self.response_limit
+        if limit is not None and self.bytes_out > limit:
+            raise BadResponse(f"response body longer than max_response_body_bytes ({limit})")
         held = self.held
         if held is not None:
             if self.response_chunked:
@@ -695,7 +701,7 @@ class Exchange:
             self._dial(self.backend)
             return
         if self.backend is not None:
-            self.backend.note_failure()
+            self.backend.note_failure(error.kind)
         self._fail(error)
 
     def upstream_pause_writing(self) -> None:
