@@ -8,6 +8,7 @@ left.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import ipaddress
 import logging
@@ -77,7 +78,7 @@ class NetworkSet:
         return hit
 
 
-class BaseListener:
+class BaseListener(abc.ABC):
     """A bound socket plus its live connections. Subclasses supply ``protocol_factory``."""
 
     def __init__(self, config: ListenerConfig, *, sock: socket.socket | None = None) -> None:
@@ -100,8 +101,9 @@ class BaseListener:
         self.client_connections = ClientConnections(limit) if limit is not None else None
         self._client_of: dict[Drainable, str] = {}
 
-    def protocol_factory(self) -> asyncio.Protocol:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def protocol_factory(self) -> asyncio.Protocol:
+        """A new protocol object for one accepted connection."""
 
     @property
     def address(self) -> Address:
