@@ -231,3 +231,24 @@ async def test_curl_through_the_proxy(make_daemon, http_backends) -> None:
     docs = [json.loads(line) for line in out.splitlines()]
     assert [d["backend"] for d in docs] == ["b1", "b2"]
     assert docs[1]["method"] == "POST" and docs[1]["body"] == "payload"
+
+
+async def test_failover_is_counted_as_a_retry(make_daemon, http_backends) -> None:
+    live = await http_backends(1)
+    dead = unused_port()
+    daemon = await make_daemon(
+        f"""
+        pools:
+          web:
+            backends: ["127.0.0.1:{dead}", "127.0.0.1:{live[0]}"]
+            outlier_detection: false
+        listeners:
+          - name: public
+            bind: 127.0.0.1:0
+            routes: [{{pool: web}}]
+        """
+    )
+    host, port = daemon.listener_address("public")
+    for _ in range(4):
+        assert (await fetch(host, port)).status == 200
+    assert daemon.pools["web"].retries_total == 2, "two requests were first sent to the dead backend"

@@ -458,6 +458,7 @@ class TcpSession(asyncio.Protocol):
             self.backend.note_failure(error.kind)
             self._release_backend()
             if not client_gone:
+                self.pool.retries_total += 1
                 self._dial_next(error)
             return
         assert upstream.transport is not None

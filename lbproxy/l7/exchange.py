@@ -510,6 +510,8 @@ class Exchange:
             self.backend.release()
             self.backend = None
             self.last_error = error
+            if self.pool is not None:
+                self.pool.retries_total += 1  # counted as a retry when another attempt follows
             self._dispatch()
             return
         if self._sends_proxy_header():
@@ -697,7 +699,8 @@ class Exchange:
             return
         if retryable and not self.retried and not self.body_sent and self.method in IDEMPOTENT:
             self.retried = True
-            assert self.backend is not None
+            assert self.backend is not None and self.pool is not None
+            self.pool.retries_total += 1
             self._dial(self.backend)
             return
         if self.backend is not None:
