@@ -46,6 +46,7 @@ async def test_tcp_listener_passes_the_header_address_on(make_daemon, recording_
     await eventually(lambda: bool(seen) and bytes(seen[0].data) == expected, what="the backend's bytes")
     writer.write(b" more")
     await eventually(lambda: bytes(seen[0].data) == expected + b" more", what="later bytes")
+    assert bytes(seen[0].data) == expected + b" more"
     await close_writer(writer)
 
 
@@ -63,6 +64,7 @@ async def test_tcp_listener_header_split_into_single_bytes(make_daemon, recordin
     writer.write(b"x")
     expected = build_v1(CLIENT, LISTENER) + b"x"
     await eventually(lambda: bool(seen) and bytes(seen[0].data) == expected, what="the backend's bytes")
+    assert bytes(seen[0].data) == expected
     await close_writer(writer)
 
 

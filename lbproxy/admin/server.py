@@ -79,25 +79,20 @@ class AdminTarget(Protocol):
     @property
     def ready(self) -> bool:
         """/readyz: True while accepting traffic."""
-        ...
 
     async def status_document(self) -> dict[str, object]:
         """The /status JSON document."""
-        ...
 
     async def metrics_text(self) -> bytes:
         """The /metrics body (Prometheus text format)."""
-        ...
 
     async def backend_action(
         self, pool: str, backend: str, action: str, weight: int | None
     ) -> tuple[int, dict[str, object] | str]:
         """Apply drain | disable | enable | weight; ``(200, backend view)`` or ``(404, why)``."""
-        ...
 
     async def reload_from_file(self) -> tuple[bool, list[str]]:
         """Re-read the config file: ``(applied, problems or restart notes)``."""
-        ...
 
 
 def apply_backend_action(pool: Pool, backend: Backend, action: str, weight: int | None) -> None:
