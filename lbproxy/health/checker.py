@@ -250,11 +250,15 @@ class HealthChecker:
 
     def add_pool(self, pool: Pool) -> None:
         """Watch a pool: its backends are checked at once when it has a health check."""
-        health = PoolHealth(pool, asyncio.get_running_loop())
+        health = self._new_pool_health(pool)
         self.pools[pool.name] = health
         if pool.config.health_check is not None:
             for backend in pool.backends:
                 self._start_checks(health, backend)
+
+    def _new_pool_health(self, pool: Pool) -> PoolHealth:
+        """The bookkeeping object for one pool (subclasses report verdicts elsewhere)."""
+        return PoolHealth(pool, asyncio.get_running_loop())
 
     def remove_pool(self, pool: Pool) -> None:
         health = self.pools.pop(pool.name, None)

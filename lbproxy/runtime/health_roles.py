@@ -39,12 +39,8 @@ class ReportingHealthChecker(HealthChecker):
         super().__init__()
         self.on_verdict = on_verdict
 
-    def add_pool(self, pool: Pool) -> None:
-        health = ReportingPoolHealth(pool, asyncio.get_running_loop(), self.on_verdict)
-        self.pools[pool.name] = health
-        if pool.config.health_check is not None:
-            for backend in pool.backends:
-                self._start_checks(health, backend)
+    def _new_pool_health(self, pool: Pool) -> PoolHealth:
+        return ReportingPoolHealth(pool, asyncio.get_running_loop(), self.on_verdict)
 
 
 class PassiveHealthChecker(HealthChecker):
