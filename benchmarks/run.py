@@ -473,7 +473,8 @@ def l7(*labels: str) -> list[System]:
     known = {"lbproxy": System("lbproxy", "lbproxy", "http"),
              "lbproxy+log": System("lbproxy+log", "lbproxy-log", "http"),
              "haproxy": System("haproxy", "haproxy-l7", "http"),
-             "nginx": System("nginx", "nginx-l7", "http")}
+             "nginx": System("nginx", "nginx-l7", "http"),
+             "minimal": System("minimal", "minimal-l7", "http")}
     return [known[label] for label in labels]
 
 
@@ -487,11 +488,13 @@ def l4(*labels: str, role: str = "tcp") -> list[System]:
 
 
 def all_scenarios(idle_l7: int, idle_l4: int) -> list[Scenario]:
-    every_l7 = l7("lbproxy", "lbproxy+log", "haproxy", "nginx")
+    every_l7 = l7("lbproxy", "lbproxy+log", "haproxy", "nginx", "minimal")
+    # minimal_proxy.py relays responses verbatim and can't turn a keep-alive response into a close
+    newconn_l7 = l7("lbproxy", "lbproxy+log", "haproxy", "nginx")
     return [
         Scenario("l7-keepalive", "L7 keep-alive, 12-byte responses, 50 clients", "wrk", every_l7),
         Scenario("l7-newconn", "L7 new connection per request (Connection: close), 50 clients", "wrk",
-                 every_l7, close=True),
+                 newconn_l7, close=True),
         Scenario("l7-64k", "L7 keep-alive, 64 KiB responses, 50 clients", "wrk", every_l7, path="/64k"),
         Scenario("l7-1000", "L7 keep-alive, 1,000 clients", "wrk", every_l7, connections=1000),
         Scenario("l4-keepalive", "L4 (tcp mode) keep-alive HTTP, 50 clients", "wrk",
@@ -575,7 +578,7 @@ class Env:
         roles = {"lbproxy": ["http", "tcp", "iperf", "admin"], "lbproxy-log": ["http", "tcp", "iperf", "admin"],
                  "lbproxy-w1": ["http", "tcp", "iperf", "admin"], "lbproxy-w2": ["http", "tcp", "iperf", "admin"],
                  "haproxy-l7": ["http"], "haproxy-l4": ["tcp", "iperf", "iperf_splice"],
-                 "nginx-l7": ["http"], "nginx-stream": ["tcp", "iperf"]}
+                 "nginx-l7": ["http"], "nginx-stream": ["tcp", "iperf"], "minimal-l7": ["http"]}
         count = len(names) + sum(len(r) for r in roles.values())
         ports = iter(free_ports(count, self.args.port_base))
         self.ports = {name: next(ports) for name in names}
@@ -638,6 +641,10 @@ class Env:
                 if not self.workers_flag:
                     missing = "not available yet: `lbproxy run --help` lists no --workers"
             return Server(key, argv, ports, cpus, env=self.lbproxy_env(), cwd=self.lbproxy_src, missing=missing)
+        if key == "minimal-l7":
+            argv = [sys.executable, str(HERE / "minimal_proxy.py"), str(ports["http"]),
+                    *(str(backends[f"backend{i}"]) for i in (1, 2, 3))]
+            return Server(key, argv, ports, self.proxy_cpus)
         if key.startswith("haproxy"):
             template = "haproxy-l7.cfg" if key == "haproxy-l7" else "haproxy-l4.cfg"
             maxconn = self.haproxy_maxconn if key == "haproxy-l7" else self.haproxy_l4_maxconn
@@ -1238,7 +1245,7 @@ def ratio_text(results: dict[str, Any], key: str, kind: str, label: str) -> str:
                          f"with/without {s['idle_slowdown']['median']:.2f}×")
         if "idle" in s and s["idle"]["median"] != 0:
             parts.append(f"N={s['idle']['median']:,.0f}")
-    if label.startswith("lbproxy") and "haproxy" in rec["systems"] and kind != "scaling":
+    if (label.startswith("lbproxy") or label == "minimal") and "haproxy" in rec["systems"] and kind != "scaling":
         ref_metrics = {"wrk": [("cpu_us", "CPU"), ("rps", "req/s")],
                        "iperf": [("gbps", "GB/s"), ("cpu_s_per_gb", "CPU/GB")],
                        "idle": [("kb_per_conn", "KB")]}[kind]

@@ -197,6 +197,36 @@ async def test_response_timeout_is_504_and_the_client_connection_stays_usable(ma
     await conn.close()
 
 
+async def test_response_timeout_holds_on_a_reused_connection_and_a_shorter_route_timeout(make_daemon, scripted) -> None:
+    """A pooled connection keeps its timer armed between requests (no timer per request); the
+    bound must still hold for the next request on it, and a route with a shorter timeout than
+    the pending timer's must not wait for the longer one."""
+
+    async def slow_on_request(conn: BackendConnection, request: Request) -> bool:
+        if request.target.startswith("/slow"):
+            await asyncio.sleep(3.0)
+        return await respond(conn, request)
+
+    backend = await scripted(slow_on_request)
+    routes = [
+        {"name": "short", "match": {"path_prefix": "/slow-short"}, "pool": "web", "timeout": 0.3},
+        {"name": "rest", "pool": "web"},
+    ]
+    daemon = await make_daemon(proxy_config([backend.port], pool={"response_timeout": 0.6}, listener={"routes": routes}))
+    conn = await Connection.open(*daemon.listener_address("public"))
+    assert (await conn.request(path="/fast")).status == 200  # the upstream connection is now pooled
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    r = await conn.request(path="/slow")  # same upstream connection, pool timeout 0.6 s
+    assert r.status == 504 and 0.5 <= loop.time() - started < 2.0
+    for _ in range(2):
+        assert (await conn.request(path="/fast")).status == 200  # timer armed at now + 0.6 s
+    started = loop.time()
+    r = await conn.request(path="/slow-short")  # the route's 0.3 s, shorter than the armed timer
+    assert r.status == 504 and 0.2 <= loop.time() - started < 0.55
+    await conn.close()
+
+
 # -- clients that go away -------------------------------------------------------------------------
 
 

@@ -129,3 +129,57 @@ def test_header_actions() -> None:
     actions = CompiledHeaderActions(HeaderActions(set=(("X-Env", "prod"),), add=(("X-Tag", "b"),), remove=("x-secret",)))
     out = actions.apply([(b"X-Env", b"dev"), (b"X-Secret", b"s"), (b"X-Tag", b"a"), (b"Host", b"h")])
     assert out == [(b"X-Tag", b"a"), (b"Host", b"h"), (b"X-Env", b"prod"), (b"X-Tag", b"b")]
+
+
+def test_host_index_keeps_config_order_and_stays_bounded() -> None:
+    """Routes are tried per Host from a memoised candidate list; first match in config order wins
+    whatever mix of exact, wildcard and host-less routes, and the memo stays bounded."""
+    t = table(
+        "      - {name: wild-a, match: {host: '*.example.com', path_prefix: /a}, pool: a}\n"
+        "      - {name: any-b, match: {path_prefix: /b}, pool: b}\n"
+        "      - {name: shop, match: {host: shop.example.com}, pool: a}\n"
+        "      - {name: other, match: {host: other.test}, pool: a}\n"
+        "      - {name: rest, pool: b}\n"
+    )
+
+    def name(host: str, path: str) -> str | None:
+        route = t.match(view(path, host))
+        return route.name if route is not None else None
+
+    for _ in range(2):  # the second pass is answered from the memo
+        assert name("shop.example.com", "/a/x") == "wild-a"
+        assert name("shop.example.com", "/b") == "any-b"
+        assert name("shop.example.com", "/c") == "shop"
+        assert name("example.com", "/a") == "rest"  # "*.example.com" needs a subdomain
+        assert name("other.test", "/a") == "other"
+        assert name("other.test", "/b") == "any-b"
+        assert name("nowhere.test", "/a") == "rest"
+    for i in range(RouteTable.MAX_HOSTS * 2):
+        assert name(f"h{i}.example.com", "/a") == "wild-a"
+    assert len(t._by_host) <= RouteTable.MAX_HOSTS
+    assert name("shop.example.com", "/c") == "shop"
+
+
+def test_route_host_memo_validates_formats_and_stays_bounded() -> None:
+    from lbproxy.l7 import headers
+
+    assert headers.route_host(b"Shop.Example.COM:8080") == "shop.example.com"
+    assert headers.route_host(b"[::1]:80") == "::1"
+    assert headers.route_host(b"a b") is None
+    assert headers.route_host(b"user@host") is None
+    assert headers.route_host(b"a b") is None  # from the memo: still refused
+    for i in range(headers._ROUTE_HOSTS_MAX * 2):
+        assert headers.route_host(b"h%d.test" % i) == f"h{i}.test"
+    assert len(headers._route_hosts) <= headers._ROUTE_HOSTS_MAX
+
+
+def test_connection_tokens() -> None:
+    from lbproxy.l7.headers import connection_tokens, names_more_than_hop_by_hop
+
+    assert connection_tokens(b"Keep-Alive") == [b"keep-alive"]
+    assert connection_tokens(b" close ") == [b"close"]
+    assert connection_tokens(b"") == [] and connection_tokens(b" , ,") == []
+    assert connection_tokens(b"Upgrade, X-Secret ,keep-alive") == [b"upgrade", b"x-secret", b"keep-alive"]
+    assert not names_more_than_hop_by_hop([b"keep-alive", b"upgrade"])
+    assert names_more_than_hop_by_hop([b"keep-alive", b"x-secret"])
+    assert names_more_than_hop_by_hop([b"close"])  # a (reserved) field named Close is stripped too

@@ -30,10 +30,10 @@ from lbproxy.l7.headers import (
     HOP_BY_HOP,
     connection_tokens,
     cookie_value,
-    format_host_header,
+    names_more_than_hop_by_hop,
     new_request_id,
+    route_host,
     strip_cookie,
-    valid_host,
     valid_request_id,
 )
 from lbproxy.l7.responses import error_response, status_line
@@ -202,7 +202,7 @@ class Exchange:
         kept: list[tuple[bytes, bytes]] = []
         for name, value in self.headers:
             lname = name.lower()
-            if lname in HOP_BY_HOP or lname in FORWARDING or lname in _SPECIAL:
+            if lname in _REQUEST_HANDLED:
                 if lname == b"host":
                     host_count += 1
                     host_value = value
@@ -238,7 +238,7 @@ class Exchange:
             # An HTTP/1.0 client meant the address it connected to; HTTP/1.1 upstream needs a Host.
             address, port = session.local_address
             host_value = (f"[{address}]:{port}" if ":" in address else f"{address}:{port}").encode("ascii")
-        elif not valid_host(host_value):
+        elif route_host(host_value) is None:
             raise DownstreamError("invalid Host header")
         if transfer_encoding is not None:
             if self.http10:
@@ -271,22 +271,23 @@ class Exchange:
                 if not sep or scheme.lower() not in (b"http", b"https"):
                     raise DownstreamError("invalid request target")
                 authority, slash, target_path = rest.partition(b"/")
-                if not authority or not valid_host(authority):
+                if not authority or route_host(authority) is None:
                     raise DownstreamError("invalid request target")
                 host_value = authority
                 url = slash + target_path if slash else b"/"
-        self.host = format_host_header(host_value).decode("latin-1")
+        self.host = route_host(host_value) or ""  # HTTP/1.0's made-up Host is always valid
 
         # Names listed in Connection are hop-by-hop too; removing them happens before lbproxy
         # adds its own headers (Host, X-Forwarded-*, X-Request-Id, framing), so a client can't
         # strip those.
         if conn_listed:
-            listed = set(conn_listed)
-            if b"upgrade" in listed and upgrade is not None:
+            if b"upgrade" in conn_listed and upgrade is not None:
                 if self.http10 or has_body:
                     raise DownstreamError("invalid protocol upgrade request")
                 self.upgrade = upgrade
-            kept = [(n, v) for n, v in kept if n.lower() not in listed]
+            if names_more_than_hop_by_hop(conn_listed):
+                listed = set(conn_listed)
+                kept = [(n, v) for n, v in kept if n.lower() not in listed]
 
         if request_id is not None and valid_request_id(request_id):
             self.request_id = request_id
@@ -475,8 +476,10 @@ class Exchange:
         self.tried.append(backend)
         backend.acquire()
         self.backend = backend
-        conns = self.session.listener.upstreams.for_backend(backend, pool.config)
-        conn = None if self._sends_proxy_header() else conns.take()
+        # A connection that sent a PROXY header names its client: never reused, always dialed.
+        conn = None
+        if backend.config.proxy_protocol is None and pool.config.proxy_protocol is None:
+            conn = self.session.listener.upstreams.for_backend(backend, pool.config).take()
         if conn is not None:
             self._attach(conn)
         else:
@@ -600,7 +603,7 @@ class Exchange:
             if lname == b"x-request-id":
                 continue  # lbproxy's own is added below
             kept.append((name, value))
-        if listed:
+        if listed and names_more_than_hop_by_hop(listed):
             drop = set(listed)
             kept = [(n, v) for n, v in kept if n.lower() not in drop]
         route = self.route
@@ -838,6 +841,7 @@ class Exchange:
 
 # Request fields handled by name in ``prepare`` besides hop-by-hop and forwarding ones.
 _SPECIAL = frozenset({b"host", b"content-length", b"expect"})
+_REQUEST_HANDLED = HOP_BY_HOP | FORWARDING | _SPECIAL
 
 
 def _cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:

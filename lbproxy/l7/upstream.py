@@ -209,16 +209,20 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self.interim = False
         self.timeout = timeout
-        self.last_activity = self.loop.time()
-        if self.timer is None:
-            self.timer = self.loop.call_at(self.last_activity + timeout, self._on_timer)
+        self.last_activity = now = self.loop.time()
+        timer = self.timer
+        if timer is None:
+            self.timer = self.loop.call_at(now + timeout, self._on_timer)
+        elif timer.when() > now + timeout:  # a shorter timeout than the pending timer's
+            timer.cancel()
+            self.timer = self.loop.call_at(now + timeout, self._on_timer)
 
     def detach(self) -> None:
-        """Stop serving the current exchange (it ended); the caller then pools or closes us."""
+        """Stop serving the current exchange (it ended); the caller then pools or closes us.
+
+        The timer is left armed (it finds no exchange when it fires and stops): a connection
+        reused at once, the keep-alive case, then needs no new timer per request."""
         self.exchange = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
     def start_tunnel(self) -> None:
         """Switch to raw byte relaying after a 101 response."""

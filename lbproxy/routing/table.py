@@ -178,16 +178,40 @@ class Route:
 class RouteTable:
     """An ordered list of compiled routes; the first that matches wins."""
 
-    __slots__ = ("routes",)
+    __slots__ = ("routes", "_by_host")
+
+    MAX_HOSTS = 1024  # memoised candidate lists (distinct Host values); cleared when full
 
     def __init__(self, routes: Sequence[RouteConfig], pools: Mapping[str, Pool]) -> None:
         self.routes = tuple(Route(r, i, pools) for i, r in enumerate(routes))
+        self._by_host: dict[str, tuple[Route, ...]] = {}
 
     def match(self, request: RequestView) -> Route | None:
-        for route in self.routes:
+        """The first route, in config order, that ``request`` matches.
+
+        Only routes whose host condition can hold are tried: those are memoised per Host value
+        (as Envoy picks a virtual host before its routes), so a table of many per-host routes
+        costs a dict lookup, not a scan of every route, per request."""
+        host = request.host
+        candidates = self._by_host.get(host)
+        if candidates is None:
+            candidates = self._candidates(host)
+        for route in candidates:
             if route.matches(request):
                 return route
         return None
+
+    def _candidates(self, host: str) -> tuple[Route, ...]:
+        candidates = tuple(
+            route
+            for route in self.routes
+            if (route.host_exact is None or route.host_exact == host)
+            and (route.host_suffix is None or host.endswith(route.host_suffix))
+        )
+        if len(self._by_host) >= self.MAX_HOSTS:
+            self._by_host.clear()
+        self._by_host[host] = candidates
+        return candidates
 
     def explain(self, request: RequestView) -> list[tuple[Route, str | None]]:
         """Each route tried, in order, with why it didn't match (None for the one that did)."""

@@ -1,0 +1,154 @@
+"""lbproxy's own Python work per L7 keep-alive request, without sockets or system calls.
+
+``run.py`` measures the whole proxy (Python, uvloop, kernel) next to haproxy and nginx. This
+isolates the part lbproxy's code decides: one client connection's HttpSession and a pooled
+UpstreamConnection are driven with in-memory transports, the benchmark's request in and a
+backend's response back, exactly the callbacks uvloop makes (data_received on each side), with
+the listener, router, pool, strategy and counters of ``configs/lbproxy.yaml`` (five routes, the
+request matching the last). What is left out: the event loop, the syscalls, the kernel.
+
+    python benchmarks/hotpath.py                 # µs per request (best of 5 x 50,000)
+    python benchmarks/hotpath.py --profile       # cProfile of the same loop, by own time
+    python benchmarks/hotpath.py --log           # with the access log on (written to /dev/null)
+
+Use it to find and check hot-path changes quickly; confirm with ``run.py`` (the figure that
+counts is the proxy's CPU per request next to haproxy's, and syscalls are half of it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import uvloop
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from lbproxy.accesslog import AccessLog  # noqa: E402
+from lbproxy.config.loader import load_config_text  # noqa: E402
+from lbproxy.l7.listener import HttpListener, UpstreamRegistry  # noqa: E402
+from lbproxy.l7.session import HttpSession  # noqa: E402
+from lbproxy.l7.upstream import UpstreamConnection  # noqa: E402
+from lbproxy.pool.pool import Pool  # noqa: E402
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench.example.com\r\n\r\n"  # what wrk -H 'Host: ...' sends
+RESPONSE = (  # what the benchmark's nginx backends answer
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 08:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\nhello world\n"
+)
+
+
+class MemoryTransport(asyncio.Transport):
+    """Records what is written; the harness plays the peer."""
+
+    def __init__(self, peer: tuple[str, int], local: tuple[str, int]) -> None:
+        super().__init__()
+        self.extra = {"peername": peer, "sockname": local}
+        self.written = 0
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.extra.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += len(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def write_eof(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+
+def build_listener(access_log: bool) -> tuple[HttpListener, list[UpstreamConnection]]:
+    template = Template((HERE / "configs" / "lbproxy.yaml").read_text())
+    text = template.substitute(
+        admin_port=1, http_port=2, tcp_port=3, iperf_port=4, backend1=11, backend2=12, backend3=13,
+        iperf_backend=14, access_log="access_log: {format: combined, path: /dev/null}" if access_log else "",
+    )
+    config = load_config_text(text, "benchmarks/configs/lbproxy.yaml")
+    pools = {name: Pool(pool_config) for name, pool_config in config.pools.items()}
+    listener_config = next(c for c in config.listeners if c.mode == "http")
+    log = AccessLog(config.access_log) if config.access_log else None
+    listener = HttpListener(listener_config, pools, UpstreamRegistry(), access_log=log)
+    conns: list[UpstreamConnection] = []
+    for backend in pools["web"].backends:  # one warm idle connection per backend, as under load
+        owner = listener.upstreams.for_backend(backend, pools["web"].config)
+        conn = UpstreamConnection(owner)
+        conn.connection_made(MemoryTransport((backend.host, backend.port), ("127.0.0.1", 40000)))
+        owner.put(conn)
+        conns.append(conn)
+    return listener, conns
+
+
+def run(listener: HttpListener, conns: list[UpstreamConnection], requests: int) -> float:
+    """Seconds for ``requests`` request/response cycles on one keep-alive client connection."""
+    session = HttpSession(listener)
+    client = MemoryTransport(("127.0.0.1", 50000), ("127.0.0.1", 2))
+    session.connection_made(client)
+    by_transport = {id(c.transport): c for c in conns}
+    request, response = REQUEST, RESPONSE
+    t0 = time.perf_counter()
+    for _ in range(requests):
+        session.data_received(request)
+        exchange = session.current
+        assert exchange is not None and exchange.upstream is not None
+        upstream = exchange.upstream
+        upstream.data_received(response)
+    elapsed = time.perf_counter() - t0
+    assert session.current is None and session.requests == requests, "a request did not complete"
+    assert client.written > requests * 100 and by_transport
+    session.connection_lost(None)
+    return elapsed
+
+
+async def main(args: argparse.Namespace) -> None:
+    listener, conns = build_listener(args.log)
+    run(listener, conns, 2000)  # warm-up
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        run(listener, conns, args.requests)
+        profiler.disable()
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("tottime").print_stats(25)
+        return
+    best = min(run(listener, conns, args.requests) for _ in range(args.repeat))
+    print(f"{best / args.requests * 1e6:.2f} µs of lbproxy Python per keep-alive request "
+          f"(best of {args.repeat} x {args.requests:,}; no syscalls, no event loop)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--log", action="store_true", help="access log on (to /dev/null)")
+    uvloop.run(main(parser.parse_args()))  # the daemon's loop: timers cost what they cost there
