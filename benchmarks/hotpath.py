@@ -90,7 +90,7 @@ class MemoryTransport(asyncio.Transport):
 def build_listener(access_log: bool) -> tuple[HttpListener, list[UpstreamConnection]]:
     template = Template((HERE / "configs" / "lbproxy.yaml").read_text())
     text = template.substitute(
-        admin_port=1, http_port=2, tcp_port=3, iperf_port=4, backend1=11, backend2=12, backend3=13,
+        admin_port=1, http_port=2, tcp_port=3, iperf_port=4, iperf_splice_port=5, backend1=11, backend2=12, backend3=13,
         iperf_backend=14, access_log="access_log: {format: combined, path: /dev/null}" if access_log else "",
     )
     config = load_config_text(text, "benchmarks/configs/lbproxy.yaml")

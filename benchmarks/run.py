@@ -480,6 +480,7 @@ def l7(*labels: str) -> list[System]:
 
 def l4(*labels: str, role: str = "tcp") -> list[System]:
     known = {"lbproxy": System("lbproxy", "lbproxy", role),
+             "lbproxy-splice": System("lbproxy-splice", "lbproxy", "iperf_splice"),
              "lbproxy+log": System("lbproxy+log", "lbproxy-log", role),
              "haproxy": System("haproxy", "haproxy-l4", role),
              "haproxy-splice": System("haproxy-splice", "haproxy-l4", "iperf_splice"),
@@ -500,9 +501,9 @@ def all_scenarios(idle_l7: int, idle_l4: int) -> list[Scenario]:
         Scenario("l4-keepalive", "L4 (tcp mode) keep-alive HTTP, 50 clients", "wrk",
                  l4("lbproxy", "haproxy", "nginx")),
         Scenario("l4-bulk-1", "L4 bulk, iperf3 1 stream", "iperf",
-                 l4("lbproxy", "haproxy", "haproxy-splice", "nginx", role="iperf"), streams=1),
+                 l4("lbproxy", "lbproxy-splice", "haproxy", "haproxy-splice", "nginx", role="iperf"), streams=1),
         Scenario("l4-bulk-4", "L4 bulk, iperf3 4 streams", "iperf",
-                 l4("lbproxy", "haproxy", "haproxy-splice", "nginx", role="iperf"), streams=4),
+                 l4("lbproxy", "lbproxy-splice", "haproxy", "haproxy-splice", "nginx", role="iperf"), streams=4),
         Scenario("l4-connrate", "L4 (tcp mode) new connection per request, 50 clients", "wrk",
                  l4("lbproxy", "lbproxy+log", "haproxy", "nginx"), close=True),
         Scenario("idle-l7", f"L7 {idle_l7:,} idle keep-alive connections (+ 50 active clients)", "idle",
@@ -575,8 +576,9 @@ class Env:
                              f"{check.stderr.strip()[-2000:]}")
         self.workers_flag = "--workers" in check.stdout
         names = ["backend1", "backend2", "backend3", "iperf_backend"]
-        roles = {"lbproxy": ["http", "tcp", "iperf", "admin"], "lbproxy-log": ["http", "tcp", "iperf", "admin"],
-                 "lbproxy-w1": ["http", "tcp", "iperf", "admin"], "lbproxy-w2": ["http", "tcp", "iperf", "admin"],
+        lbproxy_roles = ["http", "tcp", "iperf", "iperf_splice", "admin"]
+        roles = {"lbproxy": lbproxy_roles, "lbproxy-log": lbproxy_roles,
+                 "lbproxy-w1": lbproxy_roles, "lbproxy-w2": lbproxy_roles,
                  "haproxy-l7": ["http"], "haproxy-l4": ["tcp", "iperf", "iperf_splice"],
                  "nginx-l7": ["http"], "nginx-stream": ["tcp", "iperf"], "minimal-l7": ["http"]}
         count = len(names) + sum(len(r) for r in roles.values())
@@ -631,7 +633,7 @@ class Env:
                 access = f"access_log:\n  format: combined\n  path: {self.access_log}\n"
             conf = render("lbproxy.yaml", run_dir / "lbproxy.yaml", access_log=access,
                           admin_port=ports["admin"], http_port=ports["http"], tcp_port=ports["tcp"],
-                          iperf_port=ports["iperf"], **backends)
+                          iperf_port=ports["iperf"], iperf_splice_port=ports["iperf_splice"], **backends)
             argv = [sys.executable, "-m", "lbproxy", "run", "-c", str(conf), "--log-level", "warning"]
             cpus = self.proxy_cpus
             missing = ""
@@ -1191,10 +1193,11 @@ def targets(results: dict[str, Any], env: Env) -> list[Target]:
         Target("L4 keep-alive: CPU/request vs haproxy tcp", ratio(results, "l4-keepalive", "cpu_us"), 1.3, True),
     ]
     for key, streams in (("l4-bulk-1", "1 stream"), ("l4-bulk-4", "4 streams")):
-        out.append(Target(f"L4 bulk {streams}: GB/s vs haproxy splice",
-                          ratio(results, key, "gbps", reference="haproxy-splice"), 1.0, False))
-        out.append(Target(f"L4 bulk {streams}: CPU-s/GB vs haproxy splice",
-                          ratio(results, key, "cpu_s_per_gb", reference="haproxy-splice"), 1.0, True))
+        # like for like: lbproxy's tcp listener with `splice: true` against haproxy's splice frontend
+        out.append(Target(f"L4 bulk {streams}: GB/s vs haproxy splice (lbproxy splice: true)",
+                          ratio(results, key, "gbps", "lbproxy-splice", "haproxy-splice"), 1.0, False))
+        out.append(Target(f"L4 bulk {streams}: CPU-s/GB vs haproxy splice (lbproxy splice: true)",
+                          ratio(results, key, "cpu_s_per_gb", "lbproxy-splice", "haproxy-splice"), 1.0, True))
     out.append(Target("Idle L7: KB per idle connection (absolute; KB as /proc's kB, 1024 B)",
                       med(results, "idle-l7", "lbproxy", "kb_per_conn"), 4.0, True, unit=" KB"))
     out.append(Target("Idle L7: req/s with idle connections / without",

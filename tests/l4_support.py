@@ -20,6 +20,11 @@ from pathlib import Path
 import pytest
 
 
+SPLICE = {"on": False}
+"""``tcp_yaml`` adds ``splice: true`` to its listener while ``SPLICE["on"]`` (the ``relay``
+fixture of a test module runs its tests both ways)."""
+
+
 def tcp_yaml(
     ports: list[int],
     *,
@@ -37,6 +42,8 @@ def tcp_yaml(
     def block(text: str, indent: int) -> str:
         return "".join(f"\n{' ' * indent}{line}" for line in text.splitlines() if line.strip())
 
+    if SPLICE["on"]:
+        listener = f"splice: true\n{listener}"
     backends = "".join(f"\n      - address: 127.0.0.1:{p}{block(backend, 8)}" for p in ports)
     return (
         f"pools:\n  echo:\n    strategy: {strategy}{block(pool, 4)}\n    backends:{backends}\n"
@@ -295,3 +302,37 @@ def haproxy_in_front(tmp: Path, server_port: int, send: str) -> Iterator[int]:
     with peer_process([haproxy, "-f", str(conf), "-db"], log) as proc:
         wait_accepting(port, proc, log)
         yield port
+
+
+class Firehose(asyncio.Protocol):
+    """A backend that pushes ``total`` bytes as fast as its transport lets it, then sends EOF;
+    ``sent`` is how much it has handed to its transport so far (backpressure tests)."""
+
+    CHUNK = b"z" * (256 * 1024)
+
+    def __init__(self, total: int, made: list[Firehose] | None = None) -> None:
+        self.total = total
+        self.sent = 0
+        self.paused = False
+        self.transport: asyncio.Transport | None = None
+        if made is not None:
+            made.append(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.pump()
+
+    def pump(self) -> None:
+        assert self.transport is not None
+        while not self.paused and self.sent < self.total:
+            self.transport.write(self.CHUNK)
+            self.sent += len(self.CHUNK)
+        if self.sent >= self.total:
+            self.transport.write_eof()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.pump()

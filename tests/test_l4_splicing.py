@@ -10,9 +10,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
+from lbproxy.l4.splice import splice_supported
 from lbproxy.l4.splicer import TcpSession
 from tests.conftest import unused_port
 from tests.l4_support import (
+    SPLICE,
     Recorder,
     close_writer,
     closed_without_data,
@@ -21,6 +25,18 @@ from tests.l4_support import (
     recording_backend,  # noqa: F401 (fixture)
     tcp_yaml,
 )
+
+
+@pytest.fixture(autouse=True, params=["transports", "splice"])
+def relay(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test here runs with the Protocol relay and with ``splice: true`` (Linux)."""
+    if request.param == "splice" and not splice_supported():
+        pytest.skip("splice(2) is Linux-only")
+    SPLICE["on"] = request.param == "splice"
+    try:
+        yield request.param
+    finally:
+        SPLICE["on"] = False
 
 
 @contextmanager

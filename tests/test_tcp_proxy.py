@@ -8,6 +8,7 @@ from collections import Counter
 
 from lbproxy.l4.splicer import TcpSession
 from tests.conftest import unused_port
+from tests.l4_support import Firehose
 
 
 def tcp_config(ports: list[int], strategy: str = "round_robin", extra: str = "") -> str:
@@ -78,30 +79,7 @@ async def test_half_close_still_gets_the_whole_response(make_daemon, servers) ->
 async def test_backpressure_bounds_memory(make_daemon, servers) -> None:
     """A client that doesn't read pauses the backend; the proxy never buffers the whole stream."""
     total = 64 * 1024 * 1024
-    chunk = b"z" * (256 * 1024)
-
-    class Firehose(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport = transport
-            self.sent = 0
-            self.paused = False
-            self.pump()
-
-        def pump(self) -> None:
-            while not self.paused and self.sent < total:
-                self.transport.write(chunk)
-                self.sent += len(chunk)
-            if self.sent >= total:
-                self.transport.write_eof()
-
-        def pause_writing(self) -> None:
-            self.paused = True
-
-        def resume_writing(self) -> None:
-            self.paused = False
-            self.pump()
-
-    server = await servers(Firehose)
+    server = await servers(lambda: Firehose(total))
     daemon = await make_daemon(tcp_config([server.sockets[0].getsockname()[1]]))
     host, port = daemon.listener_address("raw")
     sock = socket.create_connection((host, port))

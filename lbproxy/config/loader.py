@@ -126,6 +126,7 @@ _LISTENER_KEYS = (
     "redirect_https",
     "sni_routes",
     "client_hello_timeout",
+    "splice",
     "max_connections_per_client",
     "rate_limit",
 )
@@ -1073,6 +1074,9 @@ def _build_listener(sec: _Section, ctx: _Context, name: str | None) -> ListenerC
                 sec.error(key, f"'{key}' is for http listeners (a tcp listener passes TLS through: use sni_routes)")
     if mode != "tcp" and "sni_routes" in sec.node:
         sec.error("sni_routes", "'sni_routes' is for tcp listeners")
+    splice = sec.get("splice", _bool, False)
+    if mode != "tcp" and "splice" in sec.node:
+        sec.error("splice", "'splice' is for tcp listeners (an http listener reads what it relays)")
     if tls is not None and redirect_https:
         sec.error("redirect_https", "a listener that terminates TLS cannot also redirect to https")
     per_client = sec.get("max_connections_per_client", _int(1), None)
@@ -1101,6 +1105,7 @@ def _build_listener(sec: _Section, ctx: _Context, name: str | None) -> ListenerC
         redirect_https=redirect_https,
         sni_routes=sni_routes,
         client_hello_timeout=client_hello_timeout,
+        splice=splice,
         max_connections_per_client=per_client,
         rate_limit=rate_limit,
     )

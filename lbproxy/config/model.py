@@ -304,6 +304,7 @@ class ListenerConfig:
     redirect_https: bool = False  # http listeners without tls: answer 308 to https://
     sni_routes: tuple[SniRoute, ...] = ()  # tcp listeners: pick the pool by the ClientHello's SNI
     client_hello_timeout: float = 5.0  # tcp listeners with sni_routes
+    splice: bool = False  # tcp listeners: relay with splice(2) once connected (Linux; zero-copy)
     max_connections_per_client: int | None = None  # per client address (PROXY/trusted-proxy aware)
     rate_limit: RateLimitConfig | None = None  # http listeners: per client address
 

@@ -16,6 +16,9 @@ How this works:
   sides have sent EOF, or when either side errors (a reset is passed on as a reset: RST).
 - Idle: one timer per session, re-armed lazily from a ``last_activity`` stamp (no timer churn per
   chunk).
+- ``splice: true`` (Linux): once dialed and flushed, both sockets go to a ``SplicePump`` (see
+  ``lbproxy.l4.splice``) that relays with splice(2); the session keeps its idle timer, counts
+  and end-of-connection bookkeeping, fed by the pump.
 - Access log (when the listener has one): one line per connection at ``connection_lost``, with
   the client (the PROXY header's address when there was one), backend, bytes each way, duration
   and ``termination``: empty for a normal end, else the first reason the session recorded.
@@ -25,9 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from typing import TYPE_CHECKING
 
 from lbproxy.errors import UpstreamError
+from lbproxy.l4.splice import SplicePump, splice_supported
 from lbproxy.net import proxy_protocol
 from lbproxy.net.bind import peer_host
 from lbproxy.net.connect import Dial
@@ -42,6 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lbproxy.l4")
 
+SPLICE_SUPPORTED = splice_supported()
 PROXY_HEADER_TIMEOUT = 5.0
 """Seconds a client on an ``accept_proxy_protocol`` tcp listener has to send the whole header."""
 
@@ -62,6 +69,14 @@ class TcpListener(BaseListener):
         # TLS passthrough routing: (server name pattern, pool) pairs tried in order; ``pool`` is
         # the default. Set by the daemon (it owns the pool objects).
         self.sni_routes: list[tuple[str, Pool]] = []
+        if config.splice and not splice_supported():
+            log.warning("listener %s: splice is not supported here; relaying through the event loop", config.name)
+
+    @property
+    def splice(self) -> bool:
+        """Whether new connections are relayed with splice(2) (``splice: true``, read per
+        connection so a reload applies to the next ones)."""
+        return self.config.splice and SPLICE_SUPPORTED
 
     def protocol_factory(self) -> asyncio.Protocol:
         return TcpSession(self)
@@ -146,6 +161,7 @@ class TcpSession(asyncio.Protocol):
         "bytes_out",
         "backend_label",
         "termination",
+        "splice",
     )
 
     def __init__(self, listener: TcpListener) -> None:
@@ -176,6 +192,7 @@ class TcpSession(asyncio.Protocol):
         self.bytes_out = 0  # to the client
         self.backend_label = ""
         self.termination = ""  # why the connection ended, when not normally (access log)
+        self.splice: SplicePump | None = None  # the relay, once handed over (``splice: true``)
 
     # -- downstream protocol callbacks -------------------------------------------------------
 
@@ -240,6 +257,8 @@ class TcpSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:  # refused by admit(): never registered, nothing to log
             return
+        if self.splice is not None:
+            return  # the transport let go of its socket; the pump ends the connection
         self.closed = True
         if exc is not None and not self.termination:
             self.termination = "client_reset"
@@ -258,6 +277,9 @@ class TcpSession(asyncio.Protocol):
             else:
                 upstream.transport.close()
         self._release_backend()
+        self._log_connection()
+
+    def _log_connection(self) -> None:
         access_log = self.listener.access_log
         if access_log is not None:
             access_log.log_connection(
@@ -320,6 +342,30 @@ class TcpSession(asyncio.Protocol):
         if transport is not None and self.down_paused and not transport.is_closing():
             self.down_paused = False
             transport.resume_reading()
+
+    # -- splice (SplicePump events) -----------------------------------------------------------
+
+    def spliced_bytes(self, size: int, upstream: bool) -> None:
+        """The pump moved ``size`` bytes, client → backend when ``upstream``."""
+        self.last_activity = self.loop.time()
+        if upstream:
+            self.bytes_in += size
+            self.listener.stats.bytes_in += size
+        else:
+            self.bytes_out += size
+            self.listener.stats.bytes_out += size
+
+    def splice_ended(self, termination: str) -> None:
+        """The pump closed both sockets: the connection is over."""
+        if self.closed:
+            return
+        self.closed = True
+        if termination and not self.termination:
+            self.termination = termination
+        self.listener.forget(self)
+        self._cancel_idle()
+        self._release_backend()
+        self._log_connection()
 
     # -- drain (Drainable) ---------------------------------------------------------------------
 
@@ -482,8 +528,41 @@ class TcpSession(asyncio.Protocol):
             if transport.can_write_eof() and not transport.is_closing():
                 transport.write_eof()
             return
+        if self.listener.splice and self._start_splice(upstream):
+            return
         if not self.upstream_full:
             self.resume_downstream_reading()
+
+    def _start_splice(self, upstream: TcpUpstream) -> bool:
+        """Hand both connections to a SplicePump; False (stay on the transports) when a transport
+        still holds unsent bytes or the sockets can't be duplicated."""
+        down, up = self.transport, upstream.transport
+        assert down is not None and up is not None
+        if down.get_write_buffer_size() or up.get_write_buffer_size():
+            return False  # rare (a PROXY header or early bytes not flushed yet): no splice
+        down_socket, up_socket = down.get_extra_info("socket"), up.get_extra_info("socket")
+        if down_socket is None or up_socket is None:
+            return False
+        taken: list[socket.socket] = []
+        try:
+            for original in (down_socket, up_socket):
+                duplicate = socket.socket(fileno=os.dup(original.fileno()))
+                duplicate.setblocking(False)
+                taken.append(duplicate)
+            pump = SplicePump(self.loop, self, taken[0], taken[1])
+        except OSError as exc:
+            log.warning("listener %s: cannot splice (%s); relaying through the event loop", self.listener.name, exc)
+            for duplicate in taken:
+                duplicate.close()
+            return False
+        self.splice = pump
+        upstream.detach()
+        # The transports close their descriptors; the duplicates keep both connections open
+        # (a close with another descriptor open sends nothing to the peer).
+        up.abort()
+        down.abort()
+        pump.start()
+        return True
 
     def _proxy_protocol_version(self) -> str | None:
         backend = self.backend
@@ -524,6 +603,9 @@ class TcpSession(asyncio.Protocol):
     def _close(self, abort: bool = False) -> None:
         """Close both sides: gracefully (pending bytes are flushed, then FIN), or with ``abort``
         at once with a reset (RST), so neither peer mistakes the end for a complete stream."""
+        if self.splice is not None:
+            self.splice.close(abort, self.termination)
+            return
         transport = self.transport
         if transport is not None and not transport.is_closing():
             if abort:
