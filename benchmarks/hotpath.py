@@ -7,9 +7,10 @@ backend's response back, exactly the callbacks uvloop makes (data_received on ea
 the listener, router, pool, strategy and counters of ``configs/lbproxy.yaml`` (five routes, the
 request matching the last). What is left out: the event loop, the syscalls, the kernel.
 
-    python benchmarks/hotpath.py                 # µs per request (best of 5 x 50,000)
+    python benchmarks/hotpath.py                 # µs per request (best of 9 x 50,000)
     python benchmarks/hotpath.py --profile       # cProfile of the same loop, by own time
     python benchmarks/hotpath.py --log           # with the access log on (written to /dev/null)
+    python benchmarks/hotpath.py --new-connections  # a client connection per request
 
 Use it to find and check hot-path changes quickly; confirm with ``run.py`` (the figure that
 counts is the proxy's CPU per request next to haproxy's, and syscalls are half of it).
@@ -129,8 +130,34 @@ def run(listener: HttpListener, conns: list[UpstreamConnection], requests: int) 
     return elapsed
 
 
+CLOSE_REQUEST = b"GET / HTTP/1.1\r\nHost: bench.example.com\r\nConnection: close\r\n\r\n"
+
+
+def run_new_connections(listener: HttpListener, conns: list[UpstreamConnection], requests: int) -> float:
+    """Seconds for ``requests`` client connections of one ``Connection: close`` request each
+    (run.py's l7-newconn): session set-up and tear-down included, the upstream kept alive."""
+    request, response = CLOSE_REQUEST, RESPONSE
+    t0 = time.perf_counter()
+    for i in range(requests):
+        session = HttpSession(listener)
+        client = MemoryTransport(("127.0.0.1", 1024 + i % 60000), ("127.0.0.1", 2))
+        session.connection_made(client)
+        session.data_received(request)
+        exchange = session.current
+        assert exchange is not None and exchange.upstream is not None
+        exchange.upstream.data_received(response)
+        assert client.closing, "the session did not close after Connection: close"
+        session.connection_lost(None)
+    elapsed = time.perf_counter() - t0
+    assert not listener.connections
+    return elapsed
+
+
 async def main(args: argparse.Namespace) -> None:
     listener, conns = build_listener(args.log)
+    if args.new_connections:
+        global run  # same reporting, the per-connection loop
+        run = run_new_connections
     run(listener, conns, 2000)  # warm-up
     if args.profile:
         profiler = cProfile.Profile()
@@ -141,7 +168,8 @@ async def main(args: argparse.Namespace) -> None:
         stats.sort_stats("tottime").print_stats(25)
         return
     best = min(run(listener, conns, args.requests) for _ in range(args.repeat))
-    print(f"{best / args.requests * 1e6:.2f} µs of lbproxy Python per keep-alive request "
+    what = "new connection (one request each)" if args.new_connections else "keep-alive request"
+    print(f"{best / args.requests * 1e6:.2f} µs of lbproxy Python per {what} "
           f"(best of {args.repeat} x {args.requests:,}; no syscalls, no event loop)")
 
 
@@ -151,4 +179,6 @@ if __name__ == "__main__":
     parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--log", action="store_true", help="access log on (to /dev/null)")
+    parser.add_argument("--new-connections", action="store_true",
+                        help="a new client connection per request (Connection: close), as l7-newconn")
     uvloop.run(main(parser.parse_args()))  # the daemon's loop: timers cost what they cost there

@@ -589,19 +589,16 @@ class Exchange:
         kept: list[tuple[bytes, bytes]] = []
         for name, value in headers:
             lname = name.lower()
-            if lname in HOP_BY_HOP:
-                if lname == b"transfer-encoding":
-                    transfer_encoding = value if transfer_encoding is None else transfer_encoding + b"," + value
+            if lname in _RESPONSE_HANDLED:  # hop-by-hop and framing, re-made below; X-Request-Id: ours
+                if lname == b"content-length":
+                    content_length = value
                 elif lname == b"connection":
                     listed.extend(connection_tokens(value))
+                elif lname == b"transfer-encoding":
+                    transfer_encoding = value if transfer_encoding is None else transfer_encoding + b"," + value
                 elif lname == b"upgrade":
                     upgrade = value
                 continue
-            if lname == b"content-length":
-                content_length = value
-                continue
-            if lname == b"x-request-id":
-                continue  # lbproxy's own is added below
             kept.append((name, value))
         if listed and names_more_than_hop_by_hop(listed):
             drop = set(listed)
@@ -842,6 +839,8 @@ class Exchange:
 # Request fields handled by name in ``prepare`` besides hop-by-hop and forwarding ones.
 _SPECIAL = frozenset({b"host", b"content-length", b"expect"})
 _REQUEST_HANDLED = HOP_BY_HOP | FORWARDING | _SPECIAL
+# Response fields never relayed as received: hop-by-hop, the framing (re-made) and X-Request-Id.
+_RESPONSE_HANDLED = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 
 
 def _cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:

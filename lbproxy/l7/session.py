@@ -68,7 +68,7 @@ class HttpSession(asyncio.Protocol):
         "parser",
         "client_host",
         "client_port",
-        "local_address",
+        "_local_address",
         "trusted",
         "current",
         "parsing",
@@ -103,7 +103,7 @@ class HttpSession(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.client_host = ""
         self.client_port = 0
-        self.local_address: tuple[str, int] = ("", 0)
+        self._local_address: tuple[str, int] | None = None  # read from the socket when first needed
         self.trusted = False
         self.current: Exchange | None = None
         self.parsing: Exchange | None = None
@@ -141,10 +141,8 @@ class HttpSession(asyncio.Protocol):
             return
         self.writable = True
         peer = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("sockname")
         self.client_host = peer_host(peer)
         self.client_port = peer[1] if isinstance(peer, tuple) else 0
-        self.local_address = (peer_host(sock), sock[1] if isinstance(sock, tuple) else 0)
         if listener.config.accept_proxy_protocol:
             if not listener.proxy_protocol_from.contains(self.client_host):
                 log.info("listener %s: PROXY header from untrusted %s refused", listener.name, self.client_host)
@@ -328,6 +326,19 @@ class HttpSession(asyncio.Protocol):
 
     # == used by Exchange =======================================================================
 
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """The address the client connected to (or the PROXY header's destination).
+
+        Read on first use: only an HTTP/1.0 request without Host and a PROXY header sent on need
+        it, and asking the socket is a getsockname() syscall per connection (issue 8: one of the
+        four syscalls per new connection haproxy doesn't make)."""
+        address = self._local_address
+        if address is None:
+            sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
+            address = self._local_address = (peer_host(sock), sock[1] if isinstance(sock, tuple) else 0)
+        return address
+
     def write(self, data: bytes) -> None:
         if self.writable:
             assert self.transport is not None
@@ -474,7 +485,7 @@ class HttpSession(asyncio.Protocol):
         if info.source is not None:
             self.client_host, self.client_port = info.source
         if info.destination is not None:
-            self.local_address = info.destination
+            self._local_address = info.destination
         self.trusted = self.listener.is_trusted(self.client_host)
         if not self.listener.claim_client(self, self.client_host):
             self.abort()  # over max_connections_per_client
