@@ -12,6 +12,7 @@ to the sink seeing EOF) and the proxy process's CPU seconds per GB (utime + stim
 machine. Modes alternate round by round so drift on a noisy machine hits both.
 
 - ``plain``: the real lbproxy daemon (uvloop, ``lbproxy.l4.splicer``) with one tcp listener.
+- ``lbproxy-splice``: the same with ``splice: true`` (``lbproxy.l4.splice``).
 - ``protocol``: a minimal relay with the same mechanism as ``plain`` (two asyncio Protocols,
   ``transport.write`` of each chunk read) and none of its features: it shows what lbproxy's
   bookkeeping costs on top of the mechanism.
@@ -109,7 +110,11 @@ def run_pingpong(port: int, count: int, started: multiprocessing.Queue) -> None:
     sock.close()
 
 
-def run_plain_proxy(listen: socket.socket, sink_port: int) -> None:
+def run_lbproxy_splice(listen: socket.socket, sink_port: int) -> None:
+    run_plain_proxy(listen, sink_port, splice=True)
+
+
+def run_plain_proxy(listen: socket.socket, sink_port: int, splice: bool = False) -> None:
     import uvloop
 
     from lbproxy.config.loader import load_config_text
@@ -125,6 +130,7 @@ def run_plain_proxy(listen: socket.socket, sink_port: int) -> None:
             bind: 127.0.0.1:{listen.getsockname()[1]}
             mode: tcp
             pool: sink
+            splice: {"true" if splice else "false"}
         """
     )
 
@@ -284,7 +290,8 @@ def one_round(mode: str, workload: str, amount: int) -> tuple[float, float]:
     started: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
     sink = ctx.Process(target=run_sink if workload == "bulk" else run_echo, args=(sink_sock, done))
     sink.start()
-    target = {"plain": run_plain_proxy, "protocol": run_protocol_proxy, "splice": run_splice_proxy}[mode]
+    target = {"plain": run_plain_proxy, "lbproxy-splice": run_lbproxy_splice, "protocol": run_protocol_proxy,
+              "splice": run_splice_proxy}[mode]
     proxy = ctx.Process(target=target, args=(proxy_sock, sink_sock.getsockname()[1]))
     proxy.start()
     time.sleep(1.0)  # let the proxy import and start
@@ -315,7 +322,7 @@ def main() -> None:
     parser.add_argument("--gigabytes", type=float, default=2.0, help="bulk: bytes per round")
     parser.add_argument("--round-trips", type=int, default=20000, help="pingpong: round trips per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--modes", default="plain,protocol,splice")
+    parser.add_argument("--modes", default="plain,lbproxy-splice,protocol,splice")
     parser.add_argument("--workloads", default="bulk,pingpong")
     args = parser.parse_args()
     modes = args.modes.split(",")

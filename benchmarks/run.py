@@ -1355,6 +1355,28 @@ def memory_notes(results: dict[str, Any]) -> list[str]:
     return notes
 
 
+def floor_notes(results: dict[str, Any]) -> list[str]:
+    """How lbproxy's L7 CPU per request splits into the Python floor (the minimal proxy) and
+    lbproxy's own work, per scenario where both ran."""
+    out = []
+    for key, rec in results.items():
+        if "minimal" not in rec.get("systems", {}):
+            continue
+        lb, floor = med(results, key, "lbproxy", "cpu_us"), med(results, key, "minimal", "cpu_us")
+        ha = med(results, key, "haproxy", "cpu_us")
+        if lb is None or floor is None:
+            continue
+        text = (f"{key}: the minimal uvloop+httptools proxy needs {floor:.1f} µs per request"
+                + (f" ({floor / ha:.2f}× haproxy)" if ha else "")
+                + f"; lbproxy {lb:.1f} µs, so its own work (validation, routing, forwarding headers, "
+                  f"re-framing, timers, counters) is {lb - floor:.1f} µs per request")
+        lb_user, floor_user = med(results, key, "lbproxy", "cpu_user_us"), med(results, key, "minimal", "cpu_user_us")
+        if lb_user is not None and floor_user is not None:
+            text += f" ({lb_user - floor_user:.1f} µs of it user time)"
+        out.append(text)
+    return out
+
+
 def noise_notes(results: dict[str, Any]) -> list[str]:
     """How steady the machine was: the speed probe and other processes' CPU, over every run."""
     runs = [r for rec in results.values() for e in rec.get("systems", {}).values() for r in e.get("runs", [])]
@@ -1630,7 +1652,7 @@ def main(argv: list[str] | None = None) -> int:
     if not env.workers_flag and any(sc.key == "scaling" for sc in chosen):
         results.setdefault("scaling", {"title": "lbproxy 1 vs 2 workers", "kind": "scaling", "systems": {}})
         results["scaling"]["skipped"] = "not available yet: `python -m lbproxy run --help` lists no --workers"
-    notes += metric_notes(results) + memory_notes(results) + noise_notes(results)
+    notes += floor_notes(results) + metric_notes(results) + memory_notes(results) + noise_notes(results)
     text = "\n\n".join([
         f"Run {meta['date']} ({args.duration:g} s × {args.rounds} rounds; "
         f"{meta['versions'].get('lbproxy', '')} at {meta['versions'].get('commit', '')}"
