@@ -96,10 +96,11 @@ def test_round_robin_skips_unavailable_excluded_and_full() -> None:
     bs = make_backends((1, 1, 1, 1), max_connections=2)
     rr = RoundRobin(bs)
     bs[0].force_state(BackendState.UNHEALTHY)
-    bs[1].active = 2  # at max_connections
+    bs[1].acquire()
+    bs[1].acquire()  # at max_connections
     seq = [rr.pick(None, exclude=(bs[3],)) for _ in range(5)]
     assert seq == [bs[2]] * 5
-    bs[1].active = 1
+    bs[1].release()
     assert set(picks(rr, 10)) == {bs[1], bs[2], bs[3]}
 
 
@@ -266,7 +267,7 @@ def test_ip_hash_exclude_and_full_backends_are_skipped() -> None:
     third = ih.pick(key, exclude=[owner, second])
     assert third is not None and third not in (owner, second)
     assert ih.pick(key, exclude=bs) is None
-    owner.active = 1  # full: same effect as excluding it
+    owner.acquire()  # full: same effect as excluding it
     assert ih.pick(key) is second
     for b in bs:
         b.force_state(BackendState.DISABLED)

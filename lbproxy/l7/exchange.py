@@ -22,6 +22,7 @@ How this works:
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from lbproxy.errors import BadResponse, DownstreamError, NoBackend, UpstreamError
@@ -30,6 +31,7 @@ from lbproxy.l7.headers import (
     HOP_BY_HOP,
     connection_tokens,
     cookie_value,
+    parse_fields,
     names_more_than_hop_by_hop,
     new_request_id,
     route_host,
@@ -238,8 +240,11 @@ class Exchange:
             # An HTTP/1.0 client meant the address it connected to; HTTP/1.1 upstream needs a Host.
             address, port = session.local_address
             host_value = (f"[{address}]:{port}" if ":" in address else f"{address}:{port}").encode("ascii")
-        elif route_host(host_value) is None:
-            raise DownstreamError("invalid Host header")
+        else:
+            host = route_host(host_value)
+            if host is None:
+                raise DownstreamError("invalid Host header")
+            self.host = host
         if transfer_encoding is not None:
             if self.http10:
                 raise DownstreamError("Transfer-Encoding on HTTP/1.0")
@@ -275,7 +280,9 @@ class Exchange:
                     raise DownstreamError("invalid request target")
                 host_value = authority
                 url = slash + target_path if slash else b"/"
-        self.host = route_host(host_value) or ""  # HTTP/1.0's made-up Host is always valid
+                self.host = route_host(authority) or ""
+        if host_count == 0:  # HTTP/1.0's made-up Host (always valid)
+            self.host = route_host(host_value) or ""
 
         # Names listed in Connection are hop-by-hop too; removing them happens before lbproxy
         # adds its own headers (Host, X-Forwarded-*, X-Request-Id, framing), so a client can't
@@ -571,8 +578,9 @@ class Exchange:
         parts.append(b"\r\n")
         self.session.write(b"".join(parts))
 
-    def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
-        """The final response head (or a validated 101) arrived: relay it, re-framed.
+    def upstream_head(self, status: int, head: bytes) -> bool:
+        """The final response head (or a validated 101) arrived: relay it, re-framed. ``head`` is
+        the raw status line and fields as received (validated by httptools), each ending CRLF.
 
         Returns True when the response has no body. Raises BadResponse when the response can't
         be relayed faithfully (a transfer coding other than chunked)."""
@@ -581,6 +589,60 @@ class Exchange:
             self.backend.note_status(status)
         if self.finished:
             return True
+        if status >= 200 and status != 204 and status != 304 and self.method != b"HEAD" and not self.set_cookies:
+            route = self.route
+            if (route is None or route.response_actions.empty) and self._relay_plain_head(status, head):
+                return False
+        return self._relay_head(status, parse_fields(head))
+
+    def _relay_plain_head(self, status: int, head: bytes) -> bool:
+        """The fast path of ``upstream_head``, for the usual response: it has a body and of the
+        fields lbproxy must handle carries at most one Content-Length (kept in place) and one
+        Connection naming only keep-alive or close (cut out). The head is edited as bytes; the
+        fields are never split into a list (issue 8: about 2 µs less per response than the
+        general path with a per-field loop). Returns False, having done nothing, for any other
+        response, which the general path then relays."""
+        lower = head.lower()
+        special = _RESPONSE_SPECIAL.findall(lower)
+        count = len(special)
+        if count:
+            if count > 2 or (count == 2 and special[0] == special[1]):
+                return False
+            for name in special:
+                if name not in _PLAIN_FIELDS:
+                    return False
+        line_end = head.find(b"\r\n")
+        if b"connection" in special:
+            at = lower.find(b"\r\nconnection:")
+            end = lower.find(b"\r\n", at + 13)
+            token = lower[at + 13 : end].strip(b" \t")
+            if token != b"keep-alive" and token != b"close":
+                return False  # it lists more fields to drop
+            fields = head[line_end + 2 : at + 2] + head[end + 2 :]
+        else:
+            fields = head[line_end + 2 :]
+        close = not self.keep_alive or self.session.last_response() or self.upgrade is not None
+        framing = b""
+        if b"content-length" not in special:
+            self.response_close_delimited = True
+            if self.http10:
+                close = True  # no way to frame an unknown length for HTTP/1.0 but closing
+            else:
+                self.response_chunked = True
+                framing = b"Transfer-Encoding: chunked\r\n"
+        self.close_after = close
+        if close:
+            framing += b"Connection: close\r\n"
+        elif self.http10:
+            framing += b"Connection: keep-alive\r\n"
+        self.response_started = True
+        # Held, not written: the body bytes parsed from the same upstream read join it, so a
+        # small response costs one write() instead of two (issue 8: 5.1 -> 4.1 syscalls/request).
+        self.held = [b"".join((status_line(status), fields, b"X-Request-Id: ", self.request_id, b"\r\n", framing, b"\r\n"))]
+        return True
+
+    def _relay_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+        """The general path of ``upstream_head``, field by field."""
         no_body = status < 200 or status == 204 or status == 304 or self.method == b"HEAD"
         content_length: bytes | None = None
         transfer_encoding: bytes | None = None
@@ -841,6 +903,9 @@ _SPECIAL = frozenset({b"host", b"content-length", b"expect"})
 _REQUEST_HANDLED = HOP_BY_HOP | FORWARDING | _SPECIAL
 # Response fields never relayed as received: hop-by-hop, the framing (re-made) and X-Request-Id.
 _RESPONSE_HANDLED = HOP_BY_HOP | {b"content-length", b"x-request-id"}
+# The same fields found in a lowercased raw head (httptools allows no space before the colon).
+_RESPONSE_SPECIAL = re.compile(b"\\r\\n(" + b"|".join(sorted(_RESPONSE_HANDLED)) + b"):")
+_PLAIN_FIELDS = frozenset({b"content-length", b"connection"})
 
 
 def _cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:

@@ -39,6 +39,17 @@ _id_prefix = os.urandom(6).hex().encode("ascii")
 _id_counter = itertools.count(1)
 
 
+def parse_fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    """The ``(name, value)`` fields of a raw head that httptools has validated (status or
+    request line first, each line ending CRLF): values without surrounding whitespace."""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in head.split(b"\r\n")[1:]:
+        if line:
+            name, _, value = line.partition(b":")
+            fields.append((name, value.strip(b" \t")))
+    return fields
+
+
 def connection_tokens(value: bytes) -> list[bytes]:
     """The lowercased, stripped tokens of a ``Connection`` header value."""
     if b"," not in value:  # the usual single token ("keep-alive", "close"): no list to split

@@ -196,8 +196,12 @@ class HttpSession(asyncio.Protocol):
         if self.start_pending:
             self._start_current()
         parsing = self.parsing
-        if parsing is not None and not parsing.prepared and self.head_raw > self.listener.limits.max_header_bytes:
-            self._refuse(431, "request header too large")
+        if parsing is not None and not parsing.prepared:
+            limits = self.listener.limits
+            if self.head_raw > limits.max_header_bytes:
+                self._refuse(431, "request header too large")
+            elif self.phase != PHASE_HEADERS:
+                self._set_phase(PHASE_HEADERS, limits.request_header_timeout)
 
     def eof_received(self) -> bool:
         if self.phase == PHASE_LINGER:
@@ -265,7 +269,8 @@ class HttpSession(asyncio.Protocol):
                 self.update_buffer_pause()
         self.header_bytes = 0
         self.head_raw = 0
-        self._set_phase(PHASE_HEADERS, self.listener.limits.request_header_timeout)
+        # The request-header timer (PHASE_HEADERS) starts after feed_data if the head is still
+        # incomplete then; a head that arrives whole never needs it.
 
     def on_url(self, url: bytes) -> None:
         exchange = self.parsing
@@ -294,7 +299,8 @@ class HttpSession(asyncio.Protocol):
         self.requests += 1
         exchange.prepare(self.parser)
         if exchange.request_complete:
-            self._set_phase(PHASE_NONE, None)
+            self.phase = PHASE_NONE  # _set_phase(PHASE_NONE, None), inlined: once per request
+            self.deadline = _INF
         else:
             self._set_phase(PHASE_BODY, self._body_timeout())
         if exchange is self.current:

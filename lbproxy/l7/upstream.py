@@ -4,6 +4,10 @@ How this works:
 - ``UpstreamConnection`` is an asyncio Protocol speaking to one backend. It serves one exchange at
   a time (no upstream pipelining): the exchange writes the request, the connection parses the
   response with httptools and calls the exchange back.
+- The response head is read raw: while a head is expected the bytes received are kept, and when
+  httptools reports the head complete (it has validated it: strict CRLF, tokens, no obs-fold) the
+  head is cut from them at its blank line. No callback per header field: the exchange rewrites
+  the head as bytes (issue 8: one Python call per field was a fifth of the response side).
 - Completion is recorded inside the parser callbacks but acted on after ``feed_data`` returns, so
   the parser is never replaced or reused while it runs. Any byte after a complete response (a
   backend that pipelines or mis-frames) marks the connection dirty: it is closed, never reused.
@@ -25,7 +29,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from lbproxy.errors import BadResponse, ResponseTimeout, UpstreamError, UpstreamReset
-from lbproxy.l7.headers import connection_tokens
+from lbproxy.l7.headers import connection_tokens, parse_fields
 
 if TYPE_CHECKING:
     from lbproxy.l7.exchange import Exchange
@@ -140,13 +144,14 @@ class UpstreamConnection(asyncio.Protocol):
         "interim",
         "tunnel",
         "status",
-        "headers",
+        "raw",
+        "raw_start",
+        "head_wanted",
         "last_activity",
         "timer",
         "timeout",
         "closed",
         "reading_paused",
-        "head_bytes",
     )
 
     def __init__(self, owner: BackendConnections) -> None:
@@ -163,13 +168,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.interim = False
         self.tunnel = False
         self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.raw = b""  # bytes received since the response head being read began
+        self.raw_start = 0  # where in ``raw`` that head begins (after interim responses)
+        self.head_wanted = False  # a response head is expected and not yet complete
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.timeout = 0.0
         self.closed = False
         self.reading_paused = False
-        self.head_bytes = 0
 
     # -- pool predicates -----------------------------------------------------------------------
 
@@ -208,6 +214,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.received = False
         self.complete = False
         self.interim = False
+        self.head_wanted = True
+        self.raw = b""
+        self.raw_start = 0
         self.timeout = timeout
         self.last_activity = now = self.loop.time()
         timer = self.timer
@@ -250,6 +259,9 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.tunnel_from_upstream(data)
             return
         self.received = True
+        if self.head_wanted:
+            raw = self.raw
+            self.raw = raw + data if raw else data
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -270,6 +282,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError as exc:
             self._fail(BadResponse(f"malformed response from backend: {exc}"))
+            return
+        if self.head_wanted and len(self.raw) - self.raw_start > MAX_RESPONSE_HEAD:
+            self._fail(BadResponse("response head from backend too large"))
             return
         exchange = self.exchange
         if exchange is not None and exchange.held is not None and not self.complete:
@@ -315,35 +330,31 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.complete:
             self.dirty = True  # a second response where none was asked for
-        self.headers = []
-        self.head_bytes = 0
         self.status = 0
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_bytes += len(name) + len(value) + 4
-        if self.head_bytes > MAX_RESPONSE_HEAD:
-            raise BadResponse("response head from backend too large")
-        self.headers.append((name, value.rstrip(b" \t")))
-
     def on_headers_complete(self) -> None:
+        head = self._take_head()
         exchange = self.exchange
         status = self.parser.get_status_code()
         self.status = status
+        if status >= 200 or status == 101:
+            self.raw = b""  # the body follows: nothing more to keep
+            self.raw_start = 0
         if exchange is None or self.complete:
             return
         if status == 101:
-            if exchange.upgrade is None or not self._switches_protocols():
+            if exchange.upgrade is None or not _switches_protocols(parse_fields(head)):
                 raise BadResponse("unexpected 101 response from backend")
-            exchange.upstream_head(status, self.headers)  # the tunnel starts on HttpParserUpgrade
+            exchange.upstream_head(status, head)  # the tunnel starts on HttpParserUpgrade
             return
         if status < 200:
             self.interim = True
-            exchange.upstream_interim(status, self.headers)
+            self.head_wanted = True  # the final response's head follows
+            exchange.upstream_interim(status, parse_fields(head))
             return
-        keep_alive = self.parser.should_keep_alive()
-        if not keep_alive:
+        if not self.parser.should_keep_alive():
             self.dirty = True
-        if exchange.upstream_head(status, self.headers):
+        if exchange.upstream_head(status, head):
             # A response without a body although its headers may announce one (HEAD): done now.
             # The parser would wait for body bytes, so this connection gets a fresh parser.
             self.complete = True
@@ -364,18 +375,22 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _switches_protocols(self) -> bool:
-        """A 101 names the protocol (Upgrade) and lists upgrade in Connection, as llhttp needs
-        to hand over the rest of the bytes as tunnel data."""
-        has_upgrade = False
-        listed = False
-        for name, value in self.headers:
-            lname = name.lower()
-            if lname == b"upgrade":
-                has_upgrade = True
-            elif lname == b"connection" and b"upgrade" in connection_tokens(value):
-                listed = True
-        return has_upgrade and listed
+    def _take_head(self) -> bytes:
+        """The head httptools just completed, status line and fields (each ending CRLF), cut
+        from the bytes kept since it began (``raw_start`` moves past it, for an interim head).
+
+        httptools has validated the head, and it accepts only CRLF line ends, so the head ends
+        at the first empty line (checked at import: ``_check_parser_strictness``)."""
+        raw = self.raw
+        start = self.raw_start
+        while raw.startswith(b"\r\n", start):
+            start += 2  # empty lines before a message, which the parser skips too
+        end = raw.find(b"\r\n\r\n", start)
+        if end < 0 or end - start > MAX_RESPONSE_HEAD:
+            raise BadResponse("response head from backend too large" if end >= 0 else "malformed response head")
+        self.head_wanted = False
+        self.raw_start = end + 4
+        return raw[start : end + 2]
 
     def _finish(self) -> None:
         exchange = self.exchange
@@ -412,3 +427,36 @@ class UpstreamConnection(asyncio.Protocol):
     def __repr__(self) -> str:
         state = "tunnel" if self.tunnel else ("busy" if self.exchange else "idle")
         return f"<UpstreamConnection {self.owner.backend.label} {state} uses={self.uses} dirty={self.dirty}>"
+
+
+def _switches_protocols(fields: list[tuple[bytes, bytes]]) -> bool:
+    """A 101 names the protocol (Upgrade) and lists upgrade in Connection, as llhttp needs to
+    hand over the rest of the bytes as tunnel data."""
+    has_upgrade = False
+    listed = False
+    for name, value in fields:
+        lname = name.lower()
+        if lname == b"upgrade":
+            has_upgrade = True
+        elif lname == b"connection" and b"upgrade" in connection_tokens(value):
+            listed = True
+    return has_upgrade and listed
+
+
+class _Probe:
+    def on_headers_complete(self) -> None:
+        raise AssertionError("accepted")
+
+
+def _check_parser_strictness() -> None:
+    """Reading response heads raw relies on httptools refusing bare-LF line ends (llhttp 9 does;
+    older releases were lenient): refuse to run with a parser that accepts them."""
+    try:
+        httptools.HttpResponseParser(_Probe()).feed_data(b"HTTP/1.1 200 OK\nContent-Length: 0\n\n")
+    except httptools.HttpParserError as exc:
+        if not isinstance(exc, httptools.HttpParserCallbackError):
+            return
+    raise ImportError(f"httptools {httptools.__version__} accepts bare-LF response heads; lbproxy needs >= 0.6.1")
+
+
+_check_parser_strictness()

@@ -10,6 +10,8 @@ Rules:
 - ``active`` counts live L4 connections plus L7 requests in flight; the data paths increment it
   with ``acquire`` and decrement it with ``release``, exactly once each.
 - ``available`` is what a strategy asks on the hot path: eligible and under ``max_connections``.
+  It is a plain attribute kept up to date by ``acquire``, ``release``, the state inputs and
+  ``set_max_connections`` (a property cost a call per backend per pick: issue 8).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class Backend:
         "ejected",
         "admin",
         "eligible",
+        "available",
         "state",
         "active",
         "connections_total",
@@ -95,8 +98,9 @@ class Backend:
         self.ejected = False
         self.admin: AdminState = "ready"
         self.eligible = True
-        self.state = BackendState.HEALTHY
         self.active = 0
+        self.available = self.max_connections is None or self.max_connections > 0
+        self.state = BackendState.HEALTHY
         self.connections_total = 0
         self.failures_total = 0
         self.consecutive_failures = 0
@@ -107,22 +111,30 @@ class Backend:
         self.errors: dict[str, int] = {}  # UpstreamError.kind -> count
         self.responses_5xx = 0
 
-    @property
-    def available(self) -> bool:
-        """True when a strategy may give this backend one more connection or request."""
-        if not self.eligible:
-            return False
+    def _update_available(self) -> None:
+        """Recompute ``available``: True when a strategy may give this backend one more
+        connection or request (eligible and under ``max_connections``)."""
         limit = self.max_connections
-        return limit is None or self.active < limit
+        self.available = self.eligible and (limit is None or self.active < limit)
 
     def acquire(self) -> None:
         """Count one connection or request starting on this backend."""
-        self.active += 1
+        self.active = active = self.active + 1
         self.connections_total += 1
+        limit = self.max_connections
+        if limit is not None and active >= limit:
+            self.available = False
 
     def release(self) -> None:
         """Count one connection or request finished; call exactly once per ``acquire``."""
         self.active -= 1
+        if not self.available and self.eligible:
+            self._update_available()
+
+    def set_max_connections(self, limit: int | None) -> None:
+        """Apply a new ``max_connections`` (reload)."""
+        self.max_connections = limit
+        self._update_available()
 
     # -- outcomes from the data paths ------------------------------------------------------------
 
@@ -185,6 +197,7 @@ class Backend:
         else:
             state = BackendState.HEALTHY
         self.eligible = state is BackendState.HEALTHY
+        self._update_available()
         if state is self.state:
             return False
         log.info("pool %s backend %s %s %s", self.pool_name, self.label, _STATE_WORDS[state], reason)

@@ -49,7 +49,7 @@ class Pool:
                     if not ramping:
                         backend.weight = backend_config.weight
                 backend.config = backend_config
-                backend.max_connections = backend_config.max_connections
+                backend.set_max_connections(backend_config.max_connections)
             backends.append(backend)
         kept = {b.label for b in backends}
         removed = [b for b in self.backends if b.label not in kept]
