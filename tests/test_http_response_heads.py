@@ -1,0 +1,179 @@
+"""Response heads relayed as bytes (issue 8's fast path) and field by field (the general path):
+the client sees the same thing either way. Each test makes a backend answer in one particular
+shape and checks the exact bytes the client receives."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.backends_misbehaving import (  # noqa: F401  (scripted is a fixture)
+    BackendConnection,
+    Request,
+    proxy_config,
+    read_until,
+    scripted,
+)
+from tests.client import Connection
+
+OK = b"HTTP/1.1 200 OK\r\n"
+
+
+def answering(*pieces: bytes, pause: float = 0.0, keep: bool = True):  # type: ignore[no-untyped-def]
+    """A handler writing ``pieces`` as separate writes (``pause`` seconds apart), then keeping
+    the connection (or closing it: ``keep=False``)."""
+
+    async def handler(conn: BackendConnection, request: Request) -> bool:
+        for piece in pieces:
+            conn.write(piece)
+            await conn.drain()
+            if pause:
+                await asyncio.sleep(pause)
+        return keep
+
+    return handler
+
+
+async def raw_response(daemon, request: bytes) -> tuple[bytes, bytes, Connection]:  # type: ignore[no-untyped-def]
+    """Send ``request``; return the response head (through the blank line), what came after
+    it so far, and the open connection."""
+    conn = await Connection.open(*daemon.listener_address("public"))
+    await conn.send(request)
+    data = await read_until(conn.reader, b"\r\n\r\n")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head + b"\r\n", rest, conn
+
+
+def fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    out = []
+    for line in head.split(b"\r\n")[1:]:
+        if line:
+            name, _, value = line.partition(b":")
+            out.append((name.lower(), value.strip()))
+    return out
+
+
+GET = b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n"
+
+
+async def test_backend_close_is_not_relayed_to_a_keep_alive_client(make_daemon, scripted) -> None:
+    backend = await scripted(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"))
+    daemon = await make_daemon(proxy_config([backend.port]))
+    head, rest, conn = await raw_response(daemon, GET)
+    assert b"connection" not in dict(fields(head)), head
+    assert rest == b"hi"
+    # The client connection stays open: a second request is answered on it.
+    r = await conn.request(host="a.example")
+    assert r.status == 200 and r.body == b"hi"
+    await conn.close()
+
+
+async def test_keep_alive_from_the_backend_is_kept_once_and_close_replaces_it(make_daemon, scripted) -> None:
+    backend = await scripted(answering(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi"))
+    daemon = await make_daemon(proxy_config([backend.port]))
+    head, _, conn = await raw_response(daemon, GET)
+    assert [v for n, v in fields(head) if n == b"connection"] == [b"keep-alive"]
+    await conn.close()
+    head, _, conn = await raw_response(daemon, b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+    assert [v for n, v in fields(head) if n == b"connection"] == [b"close"]
+    assert await conn.closed_by_peer()
+    await conn.close()
+    head, _, conn = await raw_response(daemon, b"GET / HTTP/1.0\r\nHost: a.example\r\nConnection: keep-alive\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert [v for n, v in fields(head) if n == b"connection"] == [b"keep-alive"]
+    await conn.close()
+
+
+async def test_fields_and_reason_phrase_are_relayed_in_order(make_daemon, scripted) -> None:
+    backend = await scripted(answering(
+        b"HTTP/1.1 200 Fine Thanks\r\nServer: test\r\nX-Request-Id: from-backend\r\nContent-Length: 02\r\n"
+        b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nConnection: keep-alive\r\n\r\nhi"
+    ))
+    daemon = await make_daemon(proxy_config([backend.port]))
+    head, rest, conn = await raw_response(daemon, GET)
+    await conn.close()
+    assert head.startswith(b"HTTP/1.1 200 Fine Thanks\r\n")
+    got = fields(head)
+    assert [n for n, _ in got if n in (b"server", b"set-cookie")] == [b"server", b"set-cookie", b"set-cookie"]
+    assert [v for n, v in got if n == b"set-cookie"] == [b"a=1", b"b=2"]
+    assert int(dict(got)[b"content-length"]) == 2
+    (request_id,) = [v for n, v in got if n == b"x-request-id"]
+    assert request_id != b"from-backend", "the backend's X-Request-Id is replaced by lbproxy's"
+    assert request_id == backend.requests[0].header("X-Request-Id").encode()
+    assert rest == b"hi"
+
+
+async def test_an_http10_backend_status_line_is_rewritten(make_daemon, scripted) -> None:
+    backend = await scripted(answering(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi"))
+    daemon = await make_daemon(proxy_config([backend.port]))
+    head, rest, conn = await raw_response(daemon, GET)
+    await conn.close()
+    assert head.startswith(OK) and rest == b"hi"
+
+
+async def test_connection_listing_other_fields_drops_them(make_daemon, scripted) -> None:
+    backend = await scripted(answering(
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nX-Kept: 2\r\nContent-Length: 2\r\n\r\nhi"
+    ))
+    daemon = await make_daemon(proxy_config([backend.port]))
+    head, _, conn = await raw_response(daemon, GET)
+    await conn.close()
+    names = [n for n, _ in fields(head)]
+    assert b"x-secret" not in names and b"x-kept" in names and b"connection" not in names
+
+
+async def test_a_head_arriving_a_byte_at_a_time_is_relayed_whole(make_daemon, scripted) -> None:
+    response = b"\r\nHTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello"
+    backend = await scripted(answering(*(response[i : i + 1] for i in range(len(response))), pause=0.001))
+    daemon = await make_daemon(proxy_config([backend.port]))
+    conn = await Connection.open(*daemon.listener_address("public"))
+    for _ in range(2):  # twice on the same upstream connection: nothing of the first one lingers
+        r = await conn.request(host="a.example")
+        assert r.status == 200 and r.body == b"hello" and r.header("X-A") == "1"
+    await conn.close()
+    assert backend.connections == 1
+
+
+async def test_interim_responses_then_the_final_one(make_daemon, scripted) -> None:
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    final = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    for handler in (answering(early + final), answering(early, final, pause=0.05)):
+        backend = await scripted(handler)
+        daemon = await make_daemon(proxy_config([backend.port]))
+        conn = await Connection.open(*daemon.listener_address("public"))
+        await conn.send(GET)
+        data = await read_until(conn.reader, b"\r\n\r\nhi")
+        await conn.close()
+        assert data.startswith(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"), data
+
+
+async def test_no_length_becomes_chunked_and_chunked_is_rechunked(make_daemon, scripted) -> None:
+    for response, keep in (
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello", False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", True),
+    ):
+        backend = await scripted(answering(response, keep=keep))
+        daemon = await make_daemon(proxy_config([backend.port]))
+        head, rest, conn = await raw_response(daemon, GET)
+        assert dict(fields(head)).get(b"transfer-encoding") == b"chunked", head
+        assert b"content-length" not in dict(fields(head))
+        if not rest.endswith(b"0\r\n\r\n"):
+            rest += await read_until(conn.reader, b"0\r\n\r\n")
+        assert rest == b"5\r\nhello\r\n0\r\n\r\n"
+        r = await conn.request(host="a.example")  # the client connection survives the upstream close
+        assert r.body == b"hello"
+        await conn.close()
+
+
+async def test_bad_response_heads_get_502(make_daemon, scripted) -> None:
+    for response in (
+        b"HTTP/1.1 200 OK\nContent-Length: 2\n\nhi",  # bare LF
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70000 + b"\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhi",
+    ):
+        backend = await scripted(answering(response))
+        daemon = await make_daemon(proxy_config([backend.port]))
+        conn = await Connection.open(*daemon.listener_address("public"))
+        r = await conn.request(host="a.example")
+        await conn.close()
+        assert r.status == 502, response[:60]
