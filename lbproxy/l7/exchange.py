@@ -79,6 +79,8 @@ class Exchange:
         "held",
         "response_limit",
         "headers",
+        "handled",
+        "field_count",
         "method",
         "http10",
         "keep_alive",
@@ -121,7 +123,9 @@ class Exchange:
         self.session = session
         self.started = session.loop.time()
         self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: list[tuple[bytes, bytes]] = []  # the fields forwarded (as received, then kept)
+        self.handled: list[tuple[bytes, bytes]] = []  # (lowercased name, value) of REQUEST_HANDLED fields
+        self.field_count = 0
         self.method = b""
         self.http10 = False
         self.keep_alive = True
@@ -131,12 +135,12 @@ class Exchange:
         self.affinity_backend: Backend | None = None  # the backend an affinity cookie names
         self.affinity_inserted = False
         self.hash_key: str | None = None  # what hashing strategies hash (client or hash_on)
-        self.set_cookies: list[bytes] = []  # Set-Cookie values lbproxy adds to the response
+        self.set_cookies: tuple[bytes, ...] = ()  # Set-Cookie values lbproxy adds to the response
         # Response bytes produced during one upstream read, written with one syscall at its end.
         self.held: list[bytes] | None = None
         self.response_limit: int | None = None  # the pool's max_response_body_bytes
         self.backend: Backend | None = None
-        self.tried: list[Backend] = []
+        self.tried: tuple[Backend, ...] = ()  # backends attempted, in order (tuples: no list per request)
         self.last_error: UpstreamError | None = None
         self.head = b""
         self.upstream: UpstreamConnection | None = None
@@ -178,18 +182,6 @@ class Exchange:
         """
         session = self.session
         listener = session.listener
-        version = parser.get_http_version()
-        if version == "1.0":
-            self.http10 = True
-        elif version == "0.9":
-            raise DownstreamError("invalid request line")  # llhttp's reading of a missing version
-        elif version != "1.1":
-            raise DownstreamError(f"unsupported HTTP version {version}", 505)
-        self.method = method = parser.get_method()
-        self.keep_alive = parser.should_keep_alive()
-        if method == b"CONNECT":
-            raise DownstreamError("CONNECT is not supported", 405)
-
         host_value: bytes | None = None
         host_count = 0
         content_length: bytes | None = None
@@ -201,35 +193,51 @@ class Exchange:
         xf_proto: bytes | None = None
         xf_host: bytes | None = None
         request_id: bytes | None = None
-        kept: list[tuple[bytes, bytes]] = []
-        for name, value in self.headers:
-            lname = name.lower()
-            if lname in _REQUEST_HANDLED:
-                if lname == b"host":
-                    host_count += 1
-                    host_value = value
-                elif lname == b"content-length":
-                    content_length = value
-                elif lname == b"transfer-encoding":
-                    transfer_encoding = value if transfer_encoding is None else transfer_encoding + b"," + value
-                elif lname == b"connection":
-                    conn_listed.extend(connection_tokens(value))
-                elif lname == b"upgrade":
-                    upgrade = value
-                elif lname == b"expect":
-                    expect = value
-                elif lname == b"x-forwarded-for":
-                    xff = value if xff is None else xff + b", " + value
-                elif lname == b"x-forwarded-proto":
-                    xf_proto = value
-                elif lname == b"x-forwarded-host":
-                    xf_host = value
-                elif lname == b"x-request-id":
-                    request_id = value
-                elif lname == b"forwarded" and session.trusted:
-                    kept.append((name, value))
-                continue
-            kept.append((name, value))
+        connection_seen = False
+        kept = self.headers  # the session set the handled fields apart (``handled``)
+        for lname, value in self.handled:
+            if lname == b"host":
+                host_count += 1
+                host_value = value
+            elif lname == b"content-length":
+                content_length = value
+            elif lname == b"transfer-encoding":
+                transfer_encoding = value if transfer_encoding is None else transfer_encoding + b"," + value
+            elif lname == b"connection":
+                conn_listed.extend(connection_tokens(value))
+                connection_seen = True
+            elif lname == b"upgrade":
+                upgrade = value
+            elif lname == b"expect":
+                expect = value
+            elif lname == b"x-forwarded-for":
+                xff = value if xff is None else xff + b", " + value
+            elif lname == b"x-forwarded-proto":
+                xf_proto = value
+            elif lname == b"x-forwarded-host":
+                xf_host = value
+            elif lname == b"x-request-id":
+                request_id = value
+            elif lname == b"forwarded" and session.trusted:
+                kept.append((b"Forwarded", value))
+            elif lname == b"proxy-connection":
+                connection_seen = True  # llhttp reads it as Connection
+
+        self.keep_alive = keep_alive = parser.should_keep_alive()
+        # Without a Connection field llhttp keeps only HTTP/1.1 alive (it refuses versions other
+        # than 0.9, 1.0, 1.1 and 2.0: lbproxy.l7.llhttp), so the version need not be asked for:
+        # get_http_version() formats a string, a tenth of a µs per request (issue 8).
+        if not keep_alive or connection_seen:
+            version = parser.get_http_version()
+            if version == "1.0":
+                self.http10 = True
+            elif version == "0.9":
+                raise DownstreamError("invalid request line")  # llhttp's reading of a missing version
+            elif version != "1.1":
+                raise DownstreamError(f"unsupported HTTP version {version}", 505)
+        self.method = method = parser.get_method()
+        if method == b"CONNECT":
+            raise DownstreamError("CONNECT is not supported", 405)
 
         # -- framing and Host rules (RFC 9112; the smuggling family) --
         if host_count > 1:
@@ -326,8 +334,7 @@ class Exchange:
         raw_path, has_query, query = url.partition(b"?")
         raw_path_text = raw_path.decode("latin-1")
         path = normalize_path(raw_path_text)
-        view = RequestView(method.decode("latin-1"), self.host, path, query.decode("latin-1"), kept)
-        route = listener.router.match(view)
+        route, view = listener.router.route(method, self.host, path, query, kept)
         if route is None:
             self.respond_locally(404, "no route for this request")
             self.prepared = True
@@ -335,6 +342,8 @@ class Exchange:
         self.route = route
         config = route.config
         if config.redirect is not None:
+            if view is None:
+                view = RequestView(method.decode("latin-1"), self.host, path, query.decode("latin-1"), kept)
             self._redirect(config.redirect.status, redirect_location(route, view, host_value.decode("latin-1"), listener.scheme))
             return
         if route.split:
@@ -342,7 +351,7 @@ class Exchange:
             pinned = _cookie(kept, split_cookie.name.encode()) if split_cookie is not None else None
             pool, issue = choose_split(route, pinned, listener.rng)
             if issue and split_cookie is not None:
-                self.set_cookies.append(split_cookie_header(split_cookie, pool.name))
+                self.set_cookies += (split_cookie_header(split_cookie, pool.name),)
         else:
             assert route.pool is not None
             pool = route.pool
@@ -377,23 +386,28 @@ class Exchange:
         if not route.request_actions.empty:
             kept = route.request_actions.apply(kept)
 
-        client = session.client_host.encode("ascii")
-        trusted = session.trusted
-        parts = [method, b" ", url, b" HTTP/1.1\r\nHost: ", upstream_host, b"\r\n"]
-        for name, value in kept:
-            parts += (name, b": ", value, b"\r\n")
-        parts += (b"X-Forwarded-For: ", xff + b", " + client if trusted and xff else client, b"\r\n")
-        parts += (b"X-Forwarded-Proto: ", xf_proto if trusted and xf_proto else listener.scheme_bytes, b"\r\n")
-        parts += (b"X-Forwarded-Host: ", xf_host if trusted and xf_host else host_value, b"\r\n")
-        parts += (b"X-Request-Id: ", self.request_id, b"\r\n")
+        if session.trusted:
+            client = session.client_host.encode("ascii")
+            forwarded = b"".join((
+                b"X-Forwarded-For: ", xff + b", " + client if xff else client,
+                b"\r\nX-Forwarded-Proto: ", xf_proto or listener.scheme_bytes,
+                b"\r\nX-Forwarded-Host: ", xf_host or host_value, b"\r\n",
+            ))  # fmt: skip
+        else:
+            forwarded = b"".join((session.forwarded_prefix, host_value, b"\r\n"))
         if self.request_chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
+            framing = b"Transfer-Encoding: chunked\r\n"
         elif content_length is not None:
-            parts += (b"Content-Length: ", content_length, b"\r\n")
+            framing = b"Content-Length: " + content_length + b"\r\n"
+        else:
+            framing = b""
         if self.upgrade is not None:
-            parts += (b"Connection: upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
-        parts.append(b"\r\n")
-        self.head = b"".join(parts)
+            framing += b"Connection: upgrade\r\nUpgrade: " + self.upgrade + b"\r\n"
+        self.head = b"".join((
+            method, b" ", url, b" HTTP/1.1\r\nHost: ", upstream_host, b"\r\n",
+            b"".join([b"%s: %s\r\n" % field for field in kept]) if kept else b"",
+            forwarded, b"X-Request-Id: ", self.request_id, b"\r\n", framing, b"\r\n",
+        ))  # fmt: skip
         self.headers = kept
         self.prepared = True
 
@@ -472,15 +486,15 @@ class Exchange:
                     # when its backend was down, draining or gone.
                     cookie = self.session.listener.affinity_for(pool).set_cookie_header_value(backend)
                     if not self.affinity_inserted:
-                        self.set_cookies.append(cookie)
+                        self.set_cookies += (cookie,)
                     else:
-                        self.set_cookies[-1] = cookie
+                        self.set_cookies = (*self.set_cookies[:-1], cookie)
                     self.affinity_inserted = True
         if backend is None:
             error = self.last_error or NoBackend(f"no available backend in pool {pool.name}")
             self._fail(error)
             return
-        self.tried.append(backend)
+        self.tried += (backend,)
         backend.acquire()
         self.backend = backend
         # A connection that sent a PROXY header names its client: never reused, always dialed.
@@ -742,12 +756,14 @@ class Exchange:
         self.upstream = None
         if self.finished:
             return
-        if self.response_chunked:
-            if self.held is not None:
-                self.held.append(LAST_CHUNK)
-            else:
-                self.session.write(LAST_CHUNK)
-        self.flush_held()
+        held = self.held
+        if held is not None:
+            self.held = None
+            if self.response_chunked:
+                held.append(LAST_CHUNK)
+            self.session.write_all(held)
+        elif self.response_chunked:
+            self.session.write(LAST_CHUNK)
         self.response_complete = True
         self.session.finish(self)
 
@@ -901,7 +917,7 @@ class Exchange:
 
 # Request fields handled by name in ``prepare`` besides hop-by-hop and forwarding ones.
 _SPECIAL = frozenset({b"host", b"content-length", b"expect"})
-_REQUEST_HANDLED = HOP_BY_HOP | FORWARDING | _SPECIAL
+REQUEST_HANDLED = HOP_BY_HOP | FORWARDING | _SPECIAL
 # Response fields never relayed as received: hop-by-hop, the framing (re-made) and X-Request-Id.
 _RESPONSE_HANDLED = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 # The same fields found in a lowercased raw head (httptools allows no space before the colon).

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from lbproxy.l7 import llhttp  # noqa: F401  (checks what the raw head reading relies on)
 from lbproxy.errors import BadResponse, ResponseTimeout, UpstreamError, UpstreamReset
 from lbproxy.l7.headers import connection_tokens, parse_fields
 
@@ -86,7 +87,8 @@ class BackendConnections:
             conn.close()
             return
         conn.idle_since = self.loop.time()
-        conn.resume_reading()
+        if conn.reading_paused:
+            conn.resume_reading()
         self.idle.append(conn)
         if self._sweeper is None:
             self._sweeper = self.loop.call_at(conn.idle_since + self.idle_timeout, self._sweep)
@@ -380,7 +382,7 @@ class UpstreamConnection(asyncio.Protocol):
         from the bytes kept since it began (``raw_start`` moves past it, for an interim head).
 
         httptools has validated the head, and it accepts only CRLF line ends, so the head ends
-        at the first empty line (checked at import: ``_check_parser_strictness``)."""
+        at the first empty line (checked at import: ``lbproxy.l7.llhttp``)."""
         raw = self.raw
         start = self.raw_start
         while raw.startswith(b"\r\n", start):
@@ -394,7 +396,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _finish(self) -> None:
         exchange = self.exchange
-        self.detach()
+        self.exchange = None  # detach(), inlined: once per response
         assert exchange is not None
         if self.dirty or not exchange.request_complete:
             self.close()
@@ -441,22 +443,3 @@ def _switches_protocols(fields: list[tuple[bytes, bytes]]) -> bool:
         elif lname == b"connection" and b"upgrade" in connection_tokens(value):
             listed = True
     return has_upgrade and listed
-
-
-class _Probe:
-    def on_headers_complete(self) -> None:
-        raise AssertionError("accepted")
-
-
-def _check_parser_strictness() -> None:
-    """Reading response heads raw relies on httptools refusing bare-LF line ends (llhttp 9 does;
-    older releases were lenient): refuse to run with a parser that accepts them."""
-    try:
-        httptools.HttpResponseParser(_Probe()).feed_data(b"HTTP/1.1 200 OK\nContent-Length: 0\n\n")
-    except httptools.HttpParserError as exc:
-        if not isinstance(exc, httptools.HttpParserCallbackError):
-            return
-    raise ImportError(f"httptools {httptools.__version__} accepts bare-LF response heads; lbproxy needs >= 0.6.1")
-
-
-_check_parser_strictness()

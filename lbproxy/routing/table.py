@@ -201,6 +201,33 @@ class RouteTable:
                 return route
         return None
 
+    def route(
+        self, method: bytes, host: str, path: str, query: bytes, headers: Sequence[tuple[bytes, bytes]]
+    ) -> tuple[Route | None, RequestView | None]:
+        """``match`` for the data path: the route and the RequestView it was matched with, which
+        is built only when a route needs more than host and path (None otherwise).
+
+        The candidates for ``host`` already satisfy their host conditions, so a route with only
+        host and path conditions (``simple``) costs two comparisons here, no call (issue 8)."""
+        candidates = self._by_host.get(host)
+        if candidates is None:
+            candidates = self._candidates(host)
+        view = None
+        for route in candidates:
+            exact = route.path_exact
+            if exact is not None and path != exact:
+                continue
+            prefix = route.path_prefix
+            if prefix is not None and not path.startswith(prefix):
+                continue
+            if route.simple:
+                return route, view
+            if view is None:
+                view = RequestView(method.decode("latin-1"), host, path, query.decode("latin-1"), headers)
+            if route.mismatch(view) is None:
+                return route, view
+        return None, view
+
     def _candidates(self, host: str) -> tuple[Route, ...]:
         candidates = tuple(
             route
