@@ -38,14 +38,14 @@ class RoundRobin:
 
     def pick(self, key: str | None, exclude: Collection[Backend] = ()) -> Backend | None:
         """The next backend in weighted order among the eligible ones; ``key`` is ignored."""
-        backends = self._backends
         scores = self._scores
         total = 0
         best = -1
         best_score = 0
-        for i in range(len(backends)):
-            b = backends[i]
-            if not b.available or b in exclude:
+        i = -1
+        for b in self._backends:
+            i += 1
+            if not b.available or (exclude and b in exclude):
                 continue
             w = b.weight
             if w <= 0:
@@ -59,7 +59,7 @@ class RoundRobin:
         if best < 0:
             return None
         scores[best] = best_score - total
-        return backends[best]
+        return self._backends[best]
 
     def __repr__(self) -> str:
         return f"<RoundRobin backends={len(self._backends)}>"

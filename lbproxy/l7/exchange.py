@@ -333,7 +333,8 @@ class Exchange:
             return
         raw_path, has_query, query = url.partition(b"?")
         raw_path_text = raw_path.decode("latin-1")
-        path = normalize_path(raw_path_text)
+        # normalize_path changes nothing without a percent-encoding or a dot segment.
+        path = normalize_path(raw_path_text) if "%" in raw_path_text or "." in raw_path_text else raw_path_text
         route, view = listener.router.route(method, self.host, path, query, kept)
         if route is None:
             self.respond_locally(404, "no route for this request")
@@ -629,7 +630,8 @@ class Exchange:
                     return False  # it lists more fields to drop
             else:
                 return False
-        close = not self.keep_alive or self.session.last_response() or self.upgrade is not None
+        session = self.session
+        close = not self.keep_alive or (session.closing and not session.queue) or self.upgrade is not None
         framing = b""
         if length is None:
             self.response_close_delimited = True

@@ -35,7 +35,7 @@ FORWARDING: frozenset[bytes] = frozenset(
 _REQUEST_ID_OK = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 # RFC 3986 authority without userinfo: an IP-literal or a reg-name (possibly empty), then a port.
 _HOST_OK = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?$")
-_id_prefix = os.urandom(6).hex().encode("ascii")
+_id_format = os.urandom(6).hex().encode("ascii") + b"-%x"
 _id_counter = itertools.count(1)
 
 
@@ -80,7 +80,7 @@ def valid_host(value: bytes) -> bool:
 
 def new_request_id() -> bytes:
     """A process-unique request id: a random per-process prefix and a counter (no syscalls)."""
-    return b"%s-%x" % (_id_prefix, next(_id_counter))
+    return _id_format % next(_id_counter)
 
 
 def strip_cookie(value: bytes, name: bytes) -> bytes:

@@ -196,7 +196,10 @@ class HttpSession(asyncio.Protocol):
             self._refuse(400, f"malformed request: {exc}")
             return
         if self.start_pending:
-            self._start_current()
+            self.start_pending = False
+            current = self.current
+            if current is not None and current.prepared and not current.finished:
+                current.start()
         parsing = self.parsing
         if parsing is not None and not parsing.prepared:
             limits = self.listener.limits
@@ -334,7 +337,10 @@ class HttpSession(asyncio.Protocol):
             self._set_phase(PHASE_NONE, None)
         if exchange.upgrade is not None:
             self.upgrade_exchange = exchange  # httptools raises HttpParserUpgrade next
-        exchange.request_end()
+        if exchange.request_chunked:
+            exchange.request_end()
+        else:
+            exchange.request_complete = True  # all request_end does for a length-framed body
         if self.read_paused_by_buffer:
             self.update_buffer_pause()
 

@@ -83,8 +83,9 @@ class BackendConnections:
         if self.closed:
             conn.close()  # the backend left its pool (reload) or we are shutting down
             return
-        if len(self.idle) >= self.max_idle or not conn.usable():
-            conn.close()
+        transport = conn.transport
+        if len(self.idle) >= self.max_idle or conn.closed or conn.dirty or transport is None or transport.is_closing():
+            conn.close()  # full, or conn is not usable()
             return
         conn.idle_since = self.loop.time()
         if conn.reading_paused:
