@@ -8,7 +8,10 @@ is lbproxy's own work (routing, validation, forwarding headers, re-framing, time
 It does only what a keep-alive benchmark needs and nothing a real proxy must: round robin over
 the backends, an idle upstream connection per request (dialed when none is idle), the request
 head forwarded as parsed, the response bytes relayed verbatim (parsed only to see where it ends).
-No validation, no timeouts, no request bodies, no error pages. Never use it for anything else.
+No validation, no timeouts, no request bodies, no error pages. A request with ``Connection:
+close`` is answered with the backend's ``Connection: keep-alive`` turned into ``close`` by a byte
+replace, then the client connection is closed (``run.py``'s l7-newconn). Never use it for
+anything else.
 
     python benchmarks/minimal_proxy.py PORT BACKEND_PORT [BACKEND_PORT ...]
 """
@@ -39,8 +42,11 @@ class Upstream(asyncio.Protocol):
         client = self.client
         if client is None:
             return
-        client.transport.write(data)
-        self.parser.feed_data(data)
+        if client.close_after:
+            client.transport.write(data.replace(b"\r\nConnection: keep-alive\r\n", b"\r\nConnection: close\r\n", 1))
+        else:
+            client.transport.write(data)
+        self.parser.feed_data(data)  # as received: the upstream connection stays keep-alive
         if self.done:
             self.done = False
             self.client = None
@@ -68,6 +74,7 @@ class Client(asyncio.Protocol):
         self.parts: list[bytes] = []
         self.pending: list[bytes] = []  # request heads waiting (pipelined)
         self.busy = False
+        self.close_after = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -89,9 +96,11 @@ class Client(asyncio.Protocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.parts += (name, b": ", value, b"\r\n")
+        if name.lower() != b"connection":  # the upstream connection stays keep-alive
+            self.parts += (name, b": ", value, b"\r\n")
 
     def on_message_complete(self) -> None:
+        self.close_after = not self.parser.should_keep_alive()
         method = self.parser.get_method()
         self.pending.append(b"".join([method, b" ", self.url, b" HTTP/1.1\r\n", *self.parts, b"\r\n"]))
 
@@ -117,6 +126,9 @@ class Client(asyncio.Protocol):
 
     def response_done(self) -> None:
         self.busy = False
+        if self.close_after:
+            self.transport.close()
+            return
         if self.pending:
             self.send(self.pending.pop(0))
 

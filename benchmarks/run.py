@@ -490,12 +490,10 @@ def l4(*labels: str, role: str = "tcp") -> list[System]:
 
 def all_scenarios(idle_l7: int, idle_l4: int) -> list[Scenario]:
     every_l7 = l7("lbproxy", "lbproxy+log", "haproxy", "nginx", "minimal")
-    # minimal_proxy.py relays responses verbatim and can't turn a keep-alive response into a close
-    newconn_l7 = l7("lbproxy", "lbproxy+log", "haproxy", "nginx")
     return [
         Scenario("l7-keepalive", "L7 keep-alive, 12-byte responses, 50 clients", "wrk", every_l7),
         Scenario("l7-newconn", "L7 new connection per request (Connection: close), 50 clients", "wrk",
-                 newconn_l7, close=True),
+                 every_l7, close=True),
         Scenario("l7-64k", "L7 keep-alive, 64 KiB responses, 50 clients", "wrk", every_l7, path="/64k"),
         Scenario("l7-1000", "L7 keep-alive, 1,000 clients", "wrk", every_l7, connections=1000),
         Scenario("l4-keepalive", "L4 (tcp mode) keep-alive HTTP, 50 clients", "wrk",

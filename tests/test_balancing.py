@@ -539,3 +539,24 @@ def test_registry_user_strategy_errors(user_module: str) -> None:
         resolve_strategy_class(":Cls")
     with pytest.raises(ValueError, match=r"Exploding\(backends\) failed: RuntimeError: boom"):
         create_strategy(f"{user_module}:Exploding", make_backends((1,)))
+
+
+def test_available_follows_acquire_release_state_and_limit_changes() -> None:
+    (b,) = make_backends((1,), max_connections=2)
+    assert b.available
+    b.acquire()
+    assert b.available
+    b.acquire()
+    assert not b.available, "at max_connections"
+    b.release()
+    assert b.available
+    b.set_max_connections(1)
+    assert not b.available, "a lower limit applies at once"
+    b.set_max_connections(None)
+    assert b.available
+    b.force_state(BackendState.DRAINING)
+    assert not b.available
+    b.release()
+    assert not b.available, "a release does not make an ineligible backend available"
+    b.force_state(BackendState.HEALTHY)
+    assert b.available

@@ -62,8 +62,14 @@ def test_every_matcher_and_explain_reasons() -> None:
         "      - {name: rest, pool: b}\n"
     )
     def name(**kw: object) -> str:
-        route = t.match(view(**kw))  # type: ignore[arg-type]
+        request = view(**kw)  # type: ignore[arg-type]
+        route = t.match(request)
         assert route is not None
+        # The data path's route() (no RequestView unless a route needs one) agrees with match().
+        fast, built = t.route(request.method.encode(), request.host, request.path, request.query.encode(), request.headers)
+        assert fast is route, (fast, route)
+        if route is t.routes[0]:
+            assert built is None, "a simple first route needs no RequestView"
         return route.name
 
     assert name(host="shop.example.com") == "host"

@@ -13,10 +13,11 @@ from lbproxy.balancing.cookie_affinity import AffinityCookie
 from lbproxy.ratelimit import TokenBuckets
 from lbproxy.routing.table import RouteTable
 from lbproxy.tls.contexts import upstream_context
-from lbproxy.l7.session import HttpSession
+from lbproxy.l7.session import LINGER_QUIET, HttpSession
 from lbproxy.l7.upstream import BackendConnections
 from lbproxy.net.listener import BaseListener, NetworkSet
 from lbproxy.stats import Histogram
+from lbproxy.timers import TimerBatch, batch_delay
 
 if TYPE_CHECKING:
     from lbproxy.accesslog import AccessLog
@@ -72,6 +73,7 @@ class HttpListener(BaseListener):
         self._affinity: dict[str, tuple[CookieConfig, AffinityCookie]] = {}
         self._upstream_tls: dict[str, tuple[UpstreamTlsConfig, ssl.SSLContext]] = {}
         self.limits: HttpLimits = config.limits
+        self.timers = TimerBatch(self.loop, _timer_delay(config.limits))
         self.upstreams = upstreams
         self.trusted_proxies = NetworkSet(config.trusted_proxies)
         self.access_log = access_log
@@ -117,6 +119,7 @@ class HttpListener(BaseListener):
         if self.tls is not None and config.tls is not None:
             self.tls.reload(config.tls)
         self.limits = config.limits
+        self.timers.delay = _timer_delay(config.limits)
         self.trusted_proxies = NetworkSet(config.trusted_proxies)
         self.config = config
 
@@ -142,6 +145,10 @@ class HttpListener(BaseListener):
 
     def count_refused(self, status: int) -> None:
         self.refused[status] = self.refused.get(status, 0) + 1
+
+
+def _timer_delay(limits: HttpLimits) -> float:
+    return batch_delay((limits.request_header_timeout, limits.keepalive_timeout, limits.client_timeout, LINGER_QUIET))
 
 
 def _rate_limiter(config: ListenerConfig) -> TokenBuckets | None:

@@ -80,6 +80,7 @@ class HttpSession(asyncio.Protocol):
         "phase",
         "deadline",
         "timer",
+        "arming",
         "header_bytes",
         "head_raw",
         "closing",
@@ -116,6 +117,7 @@ class HttpSession(asyncio.Protocol):
         self.phase = PHASE_NONE
         self.deadline = _INF
         self.timer: asyncio.TimerHandle | None = None
+        self.arming = False  # waiting in the listener's TimerBatch for ``arm_timer``
         self.header_bytes = 0  # request line and fields of the message being parsed (exact)
         self.head_raw = 0  # raw bytes fed while a head was incomplete (guards one endless field)
         self.closing = False
@@ -231,6 +233,9 @@ class HttpSession(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        elif self.arming:
+            self.arming = False
+            self.listener.timers.discard(self)
         pending = [self.current, *self.queue] if self.current is not None else list(self.queue)
         if self.parsing is not None and self.parsing not in pending:
             pending.append(self.parsing)
@@ -602,10 +607,18 @@ class HttpSession(asyncio.Protocol):
         self.deadline = deadline
         timer = self.timer
         if timer is None:
-            self.timer = self.loop.call_at(deadline, self._on_timer)
+            if not self.arming:  # armed in a batch, shortly: most connections end first
+                self.arming = True
+                self.listener.timers.add(self)
         elif timer.when() > deadline:
             timer.cancel()
             self.timer = self.loop.call_at(deadline, self._on_timer)
+
+    def arm_timer(self) -> None:
+        """Create the timer for the current deadline (``TimerBatch``), unless closed since."""
+        self.arming = False
+        if not self.closed and self.timer is None and self.deadline != _INF:
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer = None
