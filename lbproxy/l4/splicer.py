@@ -101,6 +101,15 @@ class TcpUpstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
+    def _local_address(self) -> tuple[str, int]:
+        """The address the client connected to (or the PROXY header's destination). Read on
+        first use: only a PROXY header sent upstream needs it, and asking the socket costs a
+        getsockname() syscall per connection (issue 8)."""
+        if self.local is None:
+            sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
+            self.local = (peer_host(sock), sock[1] if isinstance(sock, tuple) else 0)
+        return self.local
+
     def data_received(self, data: bytes) -> None:
         session = self.session
         if session is not None:
@@ -171,7 +180,7 @@ class TcpSession(asyncio.Protocol):
         self.upstream: TcpUpstream | None = None
         self.backend: Backend | None = None
         self.client: tuple[str, int] = ("", 0)
-        self.local: tuple[str, int] = ("", 0)
+        self.local: tuple[str, int] | None = None  # read from the socket when first needed
         self.dial: Dial | None = None
         self.connecting: TcpUpstream | None = None
         self.tried: list[Backend] = []
@@ -203,9 +212,7 @@ class TcpSession(asyncio.Protocol):
             self.closed = True
             return
         peer = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("sockname")
         self.client = (peer_host(peer), peer[1] if isinstance(peer, tuple) else 0)
-        self.local = (peer_host(sock), sock[1] if isinstance(sock, tuple) else 0)
         self.last_activity = self.started = self.loop.time()
         if self.listener.config.accept_proxy_protocol:
             if not self.listener.proxy_protocol_from.contains(self.client[0]):
@@ -520,7 +527,7 @@ class TcpSession(asyncio.Protocol):
         version = self._proxy_protocol_version()
         if version is not None:
             build = proxy_protocol.build_v2 if version == "v2" else proxy_protocol.build_v1
-            transport.write(build(self.client, self.local))
+            transport.write(build(self.client, self._local_address()))
         if self.pending:
             transport.writelines(self.pending)
             self.pending = []

@@ -236,6 +236,8 @@ class HttpSession(asyncio.Protocol):
         elif self.arming:
             self.arming = False
             self.listener.timers.discard(self)
+        if self.current is None and self.parsing is None and self.upgrade_exchange is None and not self.queue:
+            return  # the usual end: nothing in flight
         pending = [self.current, *self.queue] if self.current is not None else list(self.queue)
         if self.parsing is not None and self.parsing not in pending:
             pending.append(self.parsing)
