@@ -101,15 +101,6 @@ class TcpUpstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def _local_address(self) -> tuple[str, int]:
-        """The address the client connected to (or the PROXY header's destination). Read on
-        first use: only a PROXY header sent upstream needs it, and asking the socket costs a
-        getsockname() syscall per connection (issue 8)."""
-        if self.local is None:
-            sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
-            self.local = (peer_host(sock), sock[1] if isinstance(sock, tuple) else 0)
-        return self.local
-
     def data_received(self, data: bytes) -> None:
         session = self.session
         if session is not None:
@@ -227,6 +218,15 @@ class TcpSession(asyncio.Protocol):
             self._end("client_limit")
             return
         self._after_preamble()
+
+    def _local_address(self) -> tuple[str, int]:
+        """The address the client connected to (or the PROXY header's destination). Read on
+        first use: only a PROXY header sent upstream needs it, and asking the socket costs a
+        getsockname() syscall per connection (issue 8)."""
+        if self.local is None:
+            sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
+            self.local = (peer_host(sock), sock[1] if isinstance(sock, tuple) else 0)
+        return self.local
 
     def data_received(self, data: bytes) -> None:
         size = len(data)
