@@ -80,6 +80,7 @@ class HttpSession(asyncio.Protocol):
         "phase",
         "deadline",
         "timer",
+        "timer_at",
         "arming",
         "header_bytes",
         "head_raw",
@@ -117,6 +118,7 @@ class HttpSession(asyncio.Protocol):
         self.phase = PHASE_NONE
         self.deadline = _INF
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = _INF  # when ``timer`` is due (TimerHandle.when() is a call per request)
         self.arming = False  # waiting in the listener's TimerBatch for ``arm_timer``
         self.header_bytes = 0  # request line and fields of the message being parsed (exact)
         self.head_raw = 0  # raw bytes fed while a head was incomplete (guards one endless field)
@@ -612,15 +614,17 @@ class HttpSession(asyncio.Protocol):
             if not self.arming:  # armed in a batch, shortly: most connections end first
                 self.arming = True
                 self.listener.timers.add(self)
-        elif timer.when() > deadline:
+        elif self.timer_at > deadline:
             timer.cancel()
             self.timer = self.loop.call_at(deadline, self._on_timer)
+            self.timer_at = deadline
 
     def arm_timer(self) -> None:
         """Create the timer for the current deadline (``TimerBatch``), unless closed since."""
         self.arming = False
         if not self.closed and self.timer is None and self.deadline != _INF:
             self.timer = self.loop.call_at(self.deadline, self._on_timer)
+            self.timer_at = self.deadline
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -631,6 +635,7 @@ class HttpSession(asyncio.Protocol):
             return
         if self.loop.time() < deadline:
             self.timer = self.loop.call_at(deadline, self._on_timer)
+            self.timer_at = deadline
             return
         phase = self.phase
         if phase == PHASE_IDLE or phase == PHASE_PROXY_HEADER or phase == PHASE_LINGER:

@@ -87,7 +87,7 @@ class BackendConnections:
         if len(self.idle) >= self.max_idle or conn.closed or conn.dirty or transport is None or transport.is_closing():
             conn.close()  # full, or conn is not usable()
             return
-        conn.idle_since = self.loop.time()
+        conn.idle_since = conn.last_activity  # set by the read that completed the response
         if conn.reading_paused:
             conn.resume_reading()
         self.idle.append(conn)
@@ -220,14 +220,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_wanted = True
         self.raw = b""
         self.raw_start = 0
-        self.timeout = timeout
         self.last_activity = now = self.loop.time()
         timer = self.timer
         if timer is None:
             self.timer = self.loop.call_at(now + timeout, self._on_timer)
-        elif timer.when() > now + timeout:  # a shorter timeout than the pending timer's
+        elif timeout < self.timeout and timer.when() > now + timeout:
+            # A shorter timeout than the pending timer's (with the same one, the pending timer
+            # is due earlier: it re-arms itself from last_activity when it fires).
             timer.cancel()
             self.timer = self.loop.call_at(now + timeout, self._on_timer)
+        self.timeout = timeout
 
     def detach(self) -> None:
         """Stop serving the current exchange (it ended); the caller then pools or closes us.
