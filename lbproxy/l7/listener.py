@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from lbproxy.pool.pool import Pool
 
 
+FORWARDED_PREFIXES_MAX = 4096  # memoised forwarding prefixes (distinct client addresses)
+
+
 class UpstreamRegistry:
     """Idle-connection pools, one per backend, shared by every http listener of the daemon."""
 
@@ -71,6 +74,7 @@ class HttpListener(BaseListener):
         self.scheme = "https" if self.tls is not None else "http"
         self.scheme_bytes = self.scheme.encode()
         self._affinity: dict[str, tuple[CookieConfig, AffinityCookie]] = {}
+        self._forwarded_prefixes: dict[str, bytes] = {}
         self._upstream_tls: dict[str, tuple[UpstreamTlsConfig, ssl.SSLContext]] = {}
         self.limits: HttpLimits = config.limits
         self.timers = TimerBatch(self.loop, _timer_delay(config.limits))
@@ -84,6 +88,21 @@ class HttpListener(BaseListener):
 
     def protocol_factory(self) -> asyncio.Protocol:
         return HttpSession(self)
+
+    def forwarded_prefix(self, client: str) -> bytes:
+        """``X-Forwarded-For: <client>`` and ``X-Forwarded-Proto`` lines, then the name of
+        ``X-Forwarded-Host``: what every request of an untrusted ``client`` starts its forwarding
+        headers with. Memoised (bounded), so the connections of one client share one copy
+        (issue 8: ~110 bytes less per idle connection, one join less per request)."""
+        prefix = self._forwarded_prefixes.get(client)
+        if prefix is None:
+            if len(self._forwarded_prefixes) >= FORWARDED_PREFIXES_MAX:
+                self._forwarded_prefixes.clear()
+            prefix = self._forwarded_prefixes[client] = b"".join((
+                b"X-Forwarded-For: ", client.encode("ascii"), b"\r\nX-Forwarded-Proto: ", self.scheme_bytes,
+                b"\r\nX-Forwarded-Host: ",
+            ))  # fmt: skip
+        return prefix
 
     def is_trusted(self, host: str) -> bool:
         """Whether X-Forwarded-* from ``host`` are kept (``trusted_proxies``)."""
