@@ -283,6 +283,11 @@ class TcpSession(asyncio.Protocol):
                 reset(upstream.transport)  # the client reset (or its socket failed): pass it on
             else:
                 upstream.transport.close()
+        if upstream is not None:
+            # The client side is gone: nothing the backend side does matters now, and detaching
+            # breaks the session <-> upstream reference cycle, so both are freed at once rather
+            # than by the cyclic GC (issue 8).
+            upstream.detach()
         self._release_backend()
         self._log_connection()
 

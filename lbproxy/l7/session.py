@@ -57,6 +57,13 @@ LINGER_MAX = 30.0  # and lasts at most this long (nginx's lingering_time)
 _INF = float("inf")
 
 
+class _Detached:
+    """The protocol of ``_DETACHED_PARSER``: a closed session's parser, never fed."""
+
+
+_DETACHED_PARSER = httptools.HttpRequestParser(_Detached())
+
+
 class HttpSession(asyncio.Protocol):
     """One client connection on an ``http`` listener."""
 
@@ -239,6 +246,10 @@ class HttpSession(asyncio.Protocol):
         elif self.arming:
             self.arming = False
             self.listener.timers.discard(self)
+        # The parser holds bound methods of this session: a reference cycle that only the
+        # cyclic GC would free. Dropping it lets the session go as soon as the transport does
+        # (issue 8: 12 objects per connection no longer left to the collector).
+        self.parser = _DETACHED_PARSER
         if self.current is None and self.parsing is None and self.upgrade_exchange is None and not self.queue:
             return  # the usual end: nothing in flight
         pending = [self.current, *self.queue] if self.current is not None else list(self.queue)

@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lbproxy.l7.upstream")
 
+class _Detached:
+    """The protocol of ``_DETACHED_PARSER``: a closed connection's parser, never fed."""
+
+
+_DETACHED_PARSER = httptools.HttpResponseParser(_Detached())
 MAX_RESPONSE_HEAD = 65536  # bytes of status line and fields; a bigger response head is a 502
 
 
@@ -302,6 +307,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.parser = _DETACHED_PARSER  # break the parser <-> protocol cycle (see HttpSession)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
