@@ -177,3 +177,29 @@ async def test_bad_response_heads_get_502(make_daemon, scripted) -> None:
         r = await conn.request(host="a.example")
         await conn.close()
         assert r.status == 502, response[:60]
+
+
+async def test_alternating_heads_on_one_upstream_connection(make_daemon, scripted) -> None:
+    """The verdict kept for a repeated head never leaks into a different one."""
+    heads = [
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nX-Secret: 1\r\nContent-Length: 2\r\n\r\nhi",
+    ]
+    turn = 0
+
+    async def alternate(conn: BackendConnection, request: Request) -> bool:
+        nonlocal turn
+        conn.write(heads[turn % 2])
+        turn += 1
+        await conn.drain()
+        return True
+
+    backend = await scripted(alternate)
+    daemon = await make_daemon(proxy_config([backend.port]))
+    conn = await Connection.open(*daemon.listener_address("public"))
+    for i in range(6):
+        r = await conn.request(host="a.example")
+        assert r.body == b"hi"
+        assert (r.header("X-Secret") is None) == (i % 2 == 0), (i, r.headers)
+    await conn.close()
+    assert backend.connections == 1

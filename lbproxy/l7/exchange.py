@@ -619,17 +619,20 @@ class Exchange:
         it says keep-alive and lbproxy keeps the client connection alive (true of this hop
         too), cut out otherwise. Returns False, having done nothing, for any other response,
         which the general path then relays."""
-        length: bytes | None = None
-        connection: bytes | None = None
-        for name, value in _RESPONSE_SPECIAL.findall(head.lower()):
-            if name == b"content-length" and length is None:
-                length = value
-            elif name == b"connection" and connection is None:
-                connection = value.rstrip(b" \t")
-                if connection != b"keep-alive" and connection != b"close":
-                    return False  # it lists more fields to drop
-            else:
-                return False
+        # A backend connection usually sends the same head again and again (only the Date
+        # changes, once a second): the verdict on the last one is kept on the connection, and
+        # comparing bytes costs a tenth of scanning them (issue 8: -0.6 µs per response).
+        upstream = self.upstream
+        if upstream is not None and head == upstream.plain_head:
+            verdict = upstream.plain_verdict
+        else:
+            verdict = _plain_verdict(head)
+            if upstream is not None:
+                upstream.plain_head = head
+                upstream.plain_verdict = verdict
+        if verdict is None:
+            return False
+        length, connection = verdict
         session = self.session
         close = not self.keep_alive or (session.closing and not session.queue) or self.upgrade is not None
         framing = b""
@@ -924,6 +927,24 @@ REQUEST_HANDLED = HOP_BY_HOP | FORWARDING | _SPECIAL
 _RESPONSE_HANDLED = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 # The same fields found in a lowercased raw head (httptools allows no space before the colon).
 _RESPONSE_SPECIAL = re.compile(b"\\r\\n(" + b"|".join(sorted(_RESPONSE_HANDLED)) + b"):[ \\t]*([^\\r]*)")
+
+
+def _plain_verdict(head: bytes) -> tuple[bytes | None, bytes | None] | None:
+    """``(Content-Length, Connection)`` values of a raw response head (None where absent)
+    when, of the fields lbproxy handles, it has at most one of each and Connection names
+    only keep-alive or close; None when the head needs the general, field-by-field path."""
+    length: bytes | None = None
+    connection: bytes | None = None
+    for name, value in _RESPONSE_SPECIAL.findall(head.lower()):
+        if name == b"content-length" and length is None:
+            length = value
+        elif name == b"connection" and connection is None:
+            connection = value.rstrip(b" \t")
+            if connection != b"keep-alive" and connection != b"close":
+                return None  # it lists more fields to drop
+        else:
+            return None
+    return length, connection
 
 
 def _cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:

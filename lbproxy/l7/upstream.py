@@ -154,6 +154,8 @@ class UpstreamConnection(asyncio.Protocol):
         "status",
         "raw",
         "raw_start",
+        "plain_head",
+        "plain_verdict",
         "head_wanted",
         "last_activity",
         "timer",
@@ -179,6 +181,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.raw = b""  # bytes received since the response head being read began
         self.raw_start = 0  # where in ``raw`` that head begins (after interim responses)
         self.head_wanted = False  # a response head is expected and not yet complete
+        # The last response head and Exchange's verdict on it (``_plain_verdict``), kept because
+        # a backend repeats the same head: see Exchange._relay_plain_head.
+        self.plain_head = b""
+        self.plain_verdict: tuple[bytes | None, bytes | None] | None = None
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.timeout = 0.0
