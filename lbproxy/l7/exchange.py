@@ -632,7 +632,7 @@ class Exchange:
                 upstream.plain_verdict = verdict
         if verdict is None:
             return False
-        length, connection = verdict
+        length, connection, without_connection = verdict
         session = self.session
         close = not self.keep_alive or (session.closing and not session.queue) or self.upgrade is not None
         framing = b""
@@ -648,9 +648,8 @@ class Exchange:
         elif self.http10:
             framing += b"Connection: keep-alive\r\n"
         if connection is not None and (close or self.http10 or connection != b"keep-alive"):
-            lower = head.lower()
-            at = lower.find(b"\r\nconnection:")
-            head = head[: at + 2] + head[lower.find(b"\r\n", at + 13) + 2 :]
+            start, end = without_connection
+            head = head[:start] + head[end:]
         if not head.startswith(b"HTTP/1.1 "):
             head = status_line(status) + head[head.find(b"\r\n") + 2 :]
         self.close_after = close
@@ -926,16 +925,20 @@ REQUEST_HANDLED = HOP_BY_HOP | FORWARDING | _SPECIAL
 # Response fields never relayed as received: hop-by-hop, the framing (re-made) and X-Request-Id.
 _RESPONSE_HANDLED = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 # The same fields found in a lowercased raw head (httptools allows no space before the colon).
+PlainVerdict = tuple[bytes | None, bytes | None, tuple[int, int]]  # see _plain_verdict
 _RESPONSE_SPECIAL = re.compile(b"\\r\\n(" + b"|".join(sorted(_RESPONSE_HANDLED)) + b"):[ \\t]*([^\\r]*)")
 
 
-def _plain_verdict(head: bytes) -> tuple[bytes | None, bytes | None] | None:
-    """``(Content-Length, Connection)`` values of a raw response head (None where absent)
-    when, of the fields lbproxy handles, it has at most one of each and Connection names
-    only keep-alive or close; None when the head needs the general, field-by-field path."""
+def _plain_verdict(head: bytes) -> PlainVerdict | None:
+    """``(Content-Length, Connection, (start, end))`` of a raw response head: the two values
+    (None where absent) and the slice that cuts the Connection line out (``head[:start] +
+    head[end:]``), when, of the fields lbproxy handles, it has at most one of each and
+    Connection names only keep-alive or close; None when the head needs the general,
+    field-by-field path."""
     length: bytes | None = None
     connection: bytes | None = None
-    for name, value in _RESPONSE_SPECIAL.findall(head.lower()):
+    lower = head.lower()
+    for name, value in _RESPONSE_SPECIAL.findall(lower):
         if name == b"content-length" and length is None:
             length = value
         elif name == b"connection" and connection is None:
@@ -944,7 +947,11 @@ def _plain_verdict(head: bytes) -> tuple[bytes | None, bytes | None] | None:
                 return None  # it lists more fields to drop
         else:
             return None
-    return length, connection
+    cut = (0, 0)
+    if connection is not None:
+        at = lower.find(b"\r\nconnection:")
+        cut = (at + 2, lower.find(b"\r\n", at + 13) + 2)
+    return length, connection, cut
 
 
 def _cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:

@@ -33,7 +33,7 @@ from lbproxy.errors import BadResponse, ResponseTimeout, UpstreamError, Upstream
 from lbproxy.l7.headers import connection_tokens, parse_fields
 
 if TYPE_CHECKING:
-    from lbproxy.l7.exchange import Exchange
+    from lbproxy.l7.exchange import Exchange, PlainVerdict
     from lbproxy.pool.backend import Backend
 
 log = logging.getLogger("lbproxy.l7.upstream")
@@ -184,7 +184,7 @@ class UpstreamConnection(asyncio.Protocol):
         # The last response head and Exchange's verdict on it (``_plain_verdict``), kept because
         # a backend repeats the same head: see Exchange._relay_plain_head.
         self.plain_head = b""
-        self.plain_verdict: tuple[bytes | None, bytes | None] | None = None
+        self.plain_verdict: PlainVerdict | None = None
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.timeout = 0.0
