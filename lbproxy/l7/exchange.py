@@ -387,15 +387,17 @@ class Exchange:
         if not route.request_actions.empty:
             kept = route.request_actions.apply(kept)
 
+        # X-Forwarded-For and -Proto, then the name of X-Forwarded-Host (its value follows).
         if session.trusted:
             client = session.client_host.encode("ascii")
             forwarded = b"".join((
                 b"X-Forwarded-For: ", xff + b", " + client if xff else client,
-                b"\r\nX-Forwarded-Proto: ", xf_proto or listener.scheme_bytes,
-                b"\r\nX-Forwarded-Host: ", xf_host or host_value, b"\r\n",
+                b"\r\nX-Forwarded-Proto: ", xf_proto or listener.scheme_bytes, b"\r\nX-Forwarded-Host: ",
             ))  # fmt: skip
+            forwarded_host = xf_host or host_value
         else:
-            forwarded = b"".join((session.forwarded_prefix, host_value, b"\r\n"))
+            forwarded = session.forwarded_prefix
+            forwarded_host = host_value
         if self.request_chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif content_length is not None:
@@ -407,7 +409,7 @@ class Exchange:
         self.head = b"".join((
             method, b" ", url, b" HTTP/1.1\r\nHost: ", upstream_host, b"\r\n",
             b"".join([b"%s: %s\r\n" % field for field in kept]) if kept else b"",
-            forwarded, b"X-Request-Id: ", self.request_id, b"\r\n", framing, b"\r\n",
+            forwarded, forwarded_host, b"\r\nX-Request-Id: ", self.request_id, b"\r\n", framing, b"\r\n",
         ))  # fmt: skip
         self.headers = kept
         self.prepared = True

@@ -400,8 +400,9 @@ class UpstreamConnection(asyncio.Protocol):
         at the first empty line (checked at import: ``lbproxy.l7.llhttp``)."""
         raw = self.raw
         start = self.raw_start
-        while raw.startswith(b"\r\n", start):
-            start += 2  # empty lines before a message, which the parser skips too
+        if raw[start] == 13:  # CR: empty lines before the message, which the parser skips too
+            while raw.startswith(b"\r\n", start):
+                start += 2
         end = raw.find(b"\r\n\r\n", start)
         if end < 0 or end - start > MAX_RESPONSE_HEAD:
             raise BadResponse("response head from backend too large" if end >= 0 else "malformed response head")
