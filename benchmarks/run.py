@@ -1150,6 +1150,28 @@ def ratio(results: dict[str, Any], scenario: str, metric: str, system: str = "lb
     return a / b if a is not None and b else None
 
 
+def paired_ratios(results: dict[str, Any], scenario: str, metric: str, system: str = "lbproxy",
+                  reference: str = "haproxy") -> list[float]:
+    """``system``'s figure over ``reference``'s, round by round: the two ran minutes apart at
+    most, so a slow patch of the machine hits both, which the ratio of medians can't promise."""
+    try:
+        runs = results[scenario]["systems"]
+        ours = {r["round"]: r.get(metric) for r in runs[system]["runs"]}
+        theirs = {r["round"]: r.get(metric) for r in runs[reference]["runs"]}
+    except KeyError:
+        return []
+    return [ours[k] / theirs[k] for k in sorted(ours) if ours[k] is not None and theirs.get(k)]
+
+
+def paired_detail(results: dict[str, Any], scenario: str, metric: str, system: str = "lbproxy",
+                  reference: str = "haproxy") -> str:
+    values = paired_ratios(results, scenario, metric, system, reference)
+    if len(values) < 2:
+        return ""
+    return (f"round by round {statistics.median(values):.2f}x (median; {min(values):.2f}-{max(values):.2f}, "
+            f"{len(values)} rounds)")
+
+
 @dataclass
 class Target:
     name: str
@@ -1183,19 +1205,27 @@ def load_bound_detail(results: dict[str, Any], scenario: str) -> str:
 
 
 def targets(results: dict[str, Any], env: Env) -> list[Target]:
+    def both(*parts: str) -> str:
+        return "; ".join(p for p in parts if p)
+
     out = [
-        Target("L7 keep-alive: CPU/request vs haproxy", ratio(results, "l7-keepalive", "cpu_us"), 1.5, True),
+        Target("L7 keep-alive: CPU/request vs haproxy", ratio(results, "l7-keepalive", "cpu_us"), 1.5, True,
+               detail=paired_detail(results, "l7-keepalive", "cpu_us")),
         Target("L7 keep-alive: requests/s vs haproxy", ratio(results, "l7-keepalive", "rps"), 0.7, False,
-               detail=load_bound_detail(results, "l7-keepalive")),
-        Target("L7 new connection: CPU/connection vs haproxy", ratio(results, "l7-newconn", "cpu_us"), 1.5, True),
-        Target("L4 keep-alive: CPU/request vs haproxy tcp", ratio(results, "l4-keepalive", "cpu_us"), 1.3, True),
+               detail=both(paired_detail(results, "l7-keepalive", "rps"), load_bound_detail(results, "l7-keepalive"))),
+        Target("L7 new connection: CPU/connection vs haproxy", ratio(results, "l7-newconn", "cpu_us"), 1.5, True,
+               detail=paired_detail(results, "l7-newconn", "cpu_us")),
+        Target("L4 keep-alive: CPU/request vs haproxy tcp", ratio(results, "l4-keepalive", "cpu_us"), 1.3, True,
+               detail=paired_detail(results, "l4-keepalive", "cpu_us")),
     ]
     for key, streams in (("l4-bulk-1", "1 stream"), ("l4-bulk-4", "4 streams")):
         # like for like: lbproxy's tcp listener with `splice: true` against haproxy's splice frontend
         out.append(Target(f"L4 bulk {streams}: GB/s vs haproxy splice (lbproxy splice: true)",
-                          ratio(results, key, "gbps", "lbproxy-splice", "haproxy-splice"), 1.0, False))
+                          ratio(results, key, "gbps", "lbproxy-splice", "haproxy-splice"), 1.0, False,
+                          detail=paired_detail(results, key, "gbps", "lbproxy-splice", "haproxy-splice")))
         out.append(Target(f"L4 bulk {streams}: CPU-s/GB vs haproxy splice (lbproxy splice: true)",
-                          ratio(results, key, "cpu_s_per_gb", "lbproxy-splice", "haproxy-splice"), 1.0, True))
+                          ratio(results, key, "cpu_s_per_gb", "lbproxy-splice", "haproxy-splice"), 1.0, True,
+                          detail=paired_detail(results, key, "cpu_s_per_gb", "lbproxy-splice", "haproxy-splice")))
     out.append(Target("Idle L7: KB per idle connection (absolute; KB as /proc's kB, 1024 B)",
                       med(results, "idle-l7", "lbproxy", "kb_per_conn"), 4.0, True, unit=" KB"))
     out.append(Target("Idle L7: req/s with idle connections / without",
