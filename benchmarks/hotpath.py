@@ -11,6 +11,13 @@ request matching the last). What is left out: the event loop, the syscalls, the 
     python benchmarks/hotpath.py --profile       # cProfile of the same loop, by own time
     python benchmarks/hotpath.py --log           # with the access log on (written to /dev/null)
     python benchmarks/hotpath.py --new-connections  # a client connection per request
+    python benchmarks/hotpath.py --instructions  # CPU instructions per request, under valgrind
+
+Timings move with the machine (on a shared VM by 10% from one minute to the next);
+``--instructions`` counts what the CPU executes instead (valgrind's callgrind, ~1 minute): the
+same count run after run, so a change of a few hundred instructions per request is visible.
+It runs the loop twice, for 2,000 and 12,000 requests, and reports the difference over 10,000,
+which leaves out start-up and imports.
 
 Use it to find and check hot-path changes quickly; confirm with ``run.py`` (the figure that
 counts is the proxy's CPU per request next to haproxy's, and syscalls are half of it).
@@ -22,6 +29,9 @@ import argparse
 import asyncio
 import cProfile
 import pstats
+import re
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -173,6 +183,26 @@ async def main(args: argparse.Namespace) -> None:
           f"(best of {args.repeat} x {args.requests:,}; no syscalls, no event loop)")
 
 
+def count_instructions(args: argparse.Namespace) -> None:
+    """Instructions per request: two runs under callgrind, the difference over the extra requests."""
+    if shutil.which("valgrind") is None:
+        sys.exit("--instructions needs valgrind (apt-get install valgrind)")
+    extra = [flag for flag, on in (("--log", args.log), ("--new-connections", args.new_connections)) if on]
+    counts = []
+    for requests in (2_000, 12_000):
+        done = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+             "--requests", str(requests), "--repeat", "1", *extra],
+            capture_output=True, text=True, check=True,
+        )
+        found = re.search(r"Collected : (\d+)", done.stderr)
+        if found is None:
+            sys.exit(f"no instruction count in valgrind's output:\n{done.stderr[-2000:]}")
+        counts.append(int(found.group(1)))
+    what = "new connection (one request each)" if args.new_connections else "keep-alive request"
+    print(f"{(counts[1] - counts[0]) / 10_000:,.0f} instructions of lbproxy Python per {what} (callgrind)")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=50_000)
@@ -181,4 +211,9 @@ if __name__ == "__main__":
     parser.add_argument("--log", action="store_true", help="access log on (to /dev/null)")
     parser.add_argument("--new-connections", action="store_true",
                         help="a new client connection per request (Connection: close), as l7-newconn")
-    uvloop.run(main(parser.parse_args()))  # the daemon's loop: timers cost what they cost there
+    parser.add_argument("--instructions", action="store_true", help="count instructions under valgrind")
+    arguments = parser.parse_args()
+    if arguments.instructions:
+        count_instructions(arguments)
+    else:
+        uvloop.run(main(arguments))  # the daemon's loop: timers cost what they cost there
