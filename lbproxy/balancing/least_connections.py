@@ -23,7 +23,7 @@ class LeastConnections:
 
     def __init__(self, backends: Sequence[Backend]) -> None:
         self._backends: list[Backend] = []
-        self._scores: list[int] = []
+        self._scores: list[float] = []  # weights are floats during slow start
         self.update(backends)
 
     def update(self, backends: Sequence[Backend]) -> None:
@@ -36,7 +36,7 @@ class LeastConnections:
         """The least loaded eligible backend, or None; ``key`` is ignored."""
         backends = self._backends
         best_active = -1
-        best_weight = 1
+        best_weight: float = 1
         ties = 0
         first: Backend | None = None
         for b in backends:
@@ -66,9 +66,9 @@ class LeastConnections:
 
         # Smooth weighted round robin among the tied backends.
         scores = self._scores
-        total = 0
+        total: float = 0
         best = -1
-        best_score = 0
+        best_score: float = 0
         for i in range(len(backends)):
             b = backends[i]
             if not b.available or b in exclude:

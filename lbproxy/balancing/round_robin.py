@@ -27,7 +27,7 @@ class RoundRobin:
 
     def __init__(self, backends: Sequence[Backend]) -> None:
         self._backends: list[Backend] = []
-        self._scores: list[int] = []
+        self._scores: list[float] = []  # weights are floats during slow start
         self.update(backends)
 
     def update(self, backends: Sequence[Backend]) -> None:
@@ -39,9 +39,9 @@ class RoundRobin:
     def pick(self, key: str | None, exclude: Collection[Backend] = ()) -> Backend | None:
         """The next backend in weighted order among the eligible ones; ``key`` is ignored."""
         scores = self._scores
-        total = 0
+        total: float = 0
         best = -1
-        best_score = 0
+        best_score: float = 0
         i = -1
         for b in self._backends:
             i += 1

@@ -13,7 +13,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -22,6 +22,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from lbproxy.config.model import (
     BUILTIN_STRATEGIES,
     AccessLogConfig,
+    AccessLogFormat,
     Address,
     AdminConfig,
     BackendConfig,
@@ -37,7 +38,10 @@ from lbproxy.config.model import (
     HashOn,
     HeaderActions,
     HealthCheckConfig,
+    HealthCheckType,
+    ListenerMode,
     OutlierConfig,
+    ProxyProtocolVersion,
     RedirectConfig,
     RewriteConfig,
     SplitCookieConfig,
@@ -48,6 +52,8 @@ from lbproxy.config.model import (
     MatchConfig,
     PoolConfig,
     RouteConfig,
+    SameSite,
+    TlsVersion,
 )
 from lbproxy.config.values import (
     describe,
@@ -471,8 +477,21 @@ def _duration(*, positive: bool) -> Converter[float]:
     return convert
 
 
-def _choice(options: Sequence[str], *, ignore_case: bool = False) -> Converter[str]:
-    def convert(value: Any) -> str:
+S = TypeVar("S", bound=str)
+
+# The accepted spellings of each enumerated key, taken from the model's Literal types.
+_PROXY_PROTOCOL_VERSIONS: tuple[ProxyProtocolVersion, ...] = get_args(ProxyProtocolVersion)
+_HEALTH_CHECK_TYPES: tuple[HealthCheckType, ...] = get_args(HealthCheckType)
+_SAME_SITES: tuple[SameSite, ...] = get_args(SameSite)
+_ACCESS_LOG_FORMATS: tuple[AccessLogFormat, ...] = get_args(AccessLogFormat)
+_LISTENER_MODES: tuple[ListenerMode, ...] = get_args(ListenerMode)
+_TLS_VERSIONS: tuple[TlsVersion, ...] = get_args(TlsVersion)
+
+
+def _choice(options: Sequence[S], *, ignore_case: bool = False) -> Converter[S]:
+    """A converter accepting exactly one of ``options`` (a Literal alias's ``get_args()``)."""
+
+    def convert(value: Any) -> S:
         if isinstance(value, str):
             for option in options:
                 if value == option or (ignore_case and value.lower() == option.lower()):
@@ -542,7 +561,7 @@ def _token(value: Any) -> str:
 MAX_WORKERS = 1024
 
 
-def parse_workers(value: Any) -> int | str:
+def parse_workers(value: Any) -> int | Literal["auto"]:
     """``workers``: a whole number 1-1024, or ``auto`` (one per core, decided when run)."""
     if value == "auto":
         return "auto"
@@ -807,8 +826,8 @@ def _build_pool(ctx: _Context, name: str, value: Any, path: str, line: int) -> P
         idle_connection_timeout=sec.get(
             "idle_connection_timeout", positive, default.idle_connection_timeout
         ),
-        proxy_protocol=sec.get(  # type: ignore[arg-type]
-            "proxy_protocol", _choice(("v1", "v2")), default.proxy_protocol
+        proxy_protocol=sec.get(
+            "proxy_protocol", _choice(_PROXY_PROTOCOL_VERSIONS), default.proxy_protocol
         ),
         cookie=_build_cookie(sec),
         hash_on=_build_hash_on(sec),
@@ -867,7 +886,7 @@ def _build_backend(
     default = _BACKEND_DEFAULTS
     weight = sec.get("weight", _int(1, 1000), default.weight)
     max_connections = sec.get("max_connections", _int(1), default.max_connections)
-    proxy_protocol = sec.get("proxy_protocol", _choice(("v1", "v2")), default.proxy_protocol)
+    proxy_protocol = sec.get("proxy_protocol", _choice(_PROXY_PROTOCOL_VERSIONS), default.proxy_protocol)
     if "dns" in sec.node:
         if "address" in sec.node:
             sec.error("dns", "give either 'address' or 'dns', not both")
@@ -880,7 +899,7 @@ def _build_backend(
             port=name.port,
             weight=weight,
             max_connections=max_connections,
-            proxy_protocol=proxy_protocol,  # type: ignore[arg-type]
+            proxy_protocol=proxy_protocol,
         )
     address = sec.require("address", _address(allow_port_zero=False), " (or 'dns' for backends found in DNS)")
     if address is None:
@@ -889,7 +908,7 @@ def _build_backend(
         address=address,
         weight=weight,
         max_connections=max_connections,
-        proxy_protocol=proxy_protocol,  # type: ignore[arg-type]
+        proxy_protocol=proxy_protocol,
     )
 
 
@@ -905,7 +924,7 @@ def _build_health_check(pool: _Section) -> HealthCheckConfig | None:
     if not _METHOD_RE.fullmatch(method):
         sec.error("method", f"invalid HTTP method {method!r}")
     return HealthCheckConfig(
-        type=sec.get("type", _choice(("tcp", "http")), default.type),  # type: ignore[arg-type]
+        type=sec.get("type", _choice(_HEALTH_CHECK_TYPES), default.type),
         interval=sec.get("interval", _duration(positive=True), default.interval),
         timeout=sec.get("timeout", _duration(positive=True), default.timeout),
         healthy_threshold=sec.get("healthy_threshold", _int(1), default.healthy_threshold),
@@ -947,7 +966,7 @@ def _build_cookie(pool: _Section) -> CookieConfig:
     if "same_site" in sec.node and sec.node["same_site"] is None:
         same_site = None
     else:
-        same_site_choice = _choice(("Strict", "Lax", "None"), ignore_case=True)
+        same_site_choice = _choice(_SAME_SITES, ignore_case=True)
         same_site = sec.get("same_site", same_site_choice, same_site)
     name = sec.get("name", _str, default.name)
     if not _COOKIE_NAME_RE.fullmatch(name):
@@ -1001,8 +1020,8 @@ def _build_access_log(top: _Section) -> AccessLogConfig | None:
         return None
     default = _ACCESS_LOG_DEFAULTS
     return AccessLogConfig(
-        format=sec.get(  # type: ignore[arg-type]
-            "format", _choice(("combined", "json")), default.format
+        format=sec.get(
+            "format", _choice(_ACCESS_LOG_FORMATS), default.format
         ),
         path=sec.get("path", _str, default.path),
     )
@@ -1043,7 +1062,7 @@ def _build_listener(sec: _Section, ctx: _Context, name: str | None) -> ListenerC
     if bind is not None:
         label = f"listener '{name}'" if name else f"listener {sec.path}"
         ctx.binds.append(_Bind(bind, sec.line("bind"), sec.sub("bind"), label))
-    mode = sec.require("mode", _choice(("http", "tcp", "dns"))) if "mode" in sec.node else "http"
+    mode = sec.require("mode", _choice(_LISTENER_MODES)) if "mode" in sec.node else "http"
     pool: str | None = None
     routes: tuple[RouteConfig, ...] = ()
     dns: DnsConfig | None = None
@@ -1090,7 +1109,7 @@ def _build_listener(sec: _Section, ctx: _Context, name: str | None) -> ListenerC
     return ListenerConfig(
         name=name,
         bind=bind,
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         pool=pool,
         routes=routes,
         max_connections=max_connections,
@@ -1158,7 +1177,7 @@ def _build_server_tls(listener: _Section) -> TlsServerConfig | None:
         alpn = ("http/1.1",)
     config = TlsServerConfig(
         certificates=tuple(certificates),
-        min_version=sec.get("min_version", _choice(("1.2", "1.3")), "1.2"),  # type: ignore[arg-type]
+        min_version=sec.get("min_version", _choice(_TLS_VERSIONS), "1.2"),
         alpn=alpn,
     )
     from lbproxy.tls.contexts import ServerTls, TlsError
@@ -1434,8 +1453,8 @@ def _build_split_cookie(route: _Section) -> SplitCookieConfig | None:
         max_age=sec.get("max_age", _int(0), default.max_age),
         http_only=sec.get("http_only", _bool, default.http_only),
         secure=sec.get("secure", _bool, default.secure),
-        same_site=None if same_site is None else sec.get(  # type: ignore[arg-type]
-            "same_site", _choice(("Strict", "Lax", "None"), ignore_case=True), default.same_site
+        same_site=None if same_site is None else sec.get(
+            "same_site", _choice(_SAME_SITES, ignore_case=True), default.same_site
         ),
     )
 

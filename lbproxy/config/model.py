@@ -15,6 +15,7 @@ ProxyProtocolVersion = Literal["v1", "v2"]
 HealthCheckType = Literal["tcp", "http"]
 AccessLogFormat = Literal["combined", "json"]
 SameSite = Literal["Strict", "Lax", "None"]
+TlsVersion = Literal["1.2", "1.3"]
 
 BUILTIN_STRATEGIES: tuple[str, ...] = (
     "round_robin",
@@ -256,7 +257,7 @@ class TlsServerConfig:
     """TLS termination on an http listener: the first certificate is the default."""
 
     certificates: tuple[TlsCertificate, ...]
-    min_version: Literal["1.2", "1.3"] = "1.2"
+    min_version: TlsVersion = "1.2"
     alpn: tuple[str, ...] = ("http/1.1",)
 
 

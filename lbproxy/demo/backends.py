@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+from collections.abc import Sequence
 
 import httptools
 
@@ -82,9 +84,10 @@ class EchoTcpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        tcp_transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = tcp_transport
         if self.greet:
-            self.transport.write(f"hello from {self.name}\n".encode())
+            tcp_transport.write(f"hello from {self.name}\n".encode())
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -109,4 +112,6 @@ async def start_tcp_backend(
 
 
 def server_port(server: asyncio.AbstractServer) -> int:
-    return int(server.sockets[0].getsockname()[1])
+    """The port a server started by this module listens on (its first socket)."""
+    sockets: Sequence[socket.socket] = getattr(server, "sockets", ())  # asyncio's and uvloop's Server have it
+    return int(sockets[0].getsockname()[1])

@@ -50,9 +50,10 @@ class DnsTcp(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        tcp_transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = tcp_transport
         if not self.listener.admit(self):
-            transport.abort()
+            tcp_transport.abort()
             return
         self._arm()
 
@@ -116,7 +117,7 @@ class DnsListener(BaseListener):
         transport, _ = await loop.create_datagram_endpoint(
             lambda: DnsUdp(self), local_addr=(address.host, address.port)
         )
-        self.udp = transport  # type: ignore[assignment]
+        self.udp = transport
 
     def update(self, config: ListenerConfig) -> None:
         """Reload: new zone, records, ttl or limits."""

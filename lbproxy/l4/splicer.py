@@ -197,9 +197,10 @@ class TcpSession(asyncio.Protocol):
     # -- downstream protocol callbacks -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        tcp_transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = tcp_transport
         if not self.listener.admit(self):
-            reset(transport)  # over max_connections (or stopping): refused
+            reset(tcp_transport)  # over max_connections (or stopping): refused
             self.closed = True
             return
         peer = transport.get_extra_info("peername")

@@ -362,9 +362,9 @@ class Exchange:
         self.hash_key = session.client_host
         if pool_config.strategy == "cookie_affinity":
             name = pool_config.cookie.name.encode()
-            value = _cookie(kept, name)
-            if value is not None:
-                self.affinity_backend = listener.affinity_for(pool).backend_for(value, pool.backends)
+            affinity_value = _cookie(kept, name)
+            if affinity_value is not None:
+                self.affinity_backend = listener.affinity_for(pool).backend_for(affinity_value, pool.backends)
                 kept = _without_cookie(kept, name)  # "indirect": the application never sees it
         elif pool_config.hash_on is not None:
             hash_on = pool_config.hash_on

@@ -80,6 +80,7 @@ class HttpListener(BaseListener):
         self.timers = TimerBatch(self.loop, _timer_delay(config.limits))
         self.upstreams = upstreams
         self.trusted_proxies = NetworkSet(config.trusted_proxies)
+        self.has_trusted_proxies = bool(self.trusted_proxies)
         self.access_log = access_log
         # (route, pool, backend, status) -> count; read by the metrics collector.
         self.request_counts: dict[tuple[str, str, str, int], int] = {}
@@ -106,7 +107,7 @@ class HttpListener(BaseListener):
 
     def is_trusted(self, host: str) -> bool:
         """Whether X-Forwarded-* from ``host`` are kept (``trusted_proxies``)."""
-        return bool(self.trusted_proxies) and self.trusted_proxies.contains(host)
+        return self.has_trusted_proxies and self.trusted_proxies.contains(host)
 
     def affinity_for(self, pool: Pool) -> AffinityCookie:
         """The affinity cookie codec of a ``cookie_affinity`` pool (rebuilt when its config changes)."""
@@ -140,6 +141,7 @@ class HttpListener(BaseListener):
         self.limits = config.limits
         self.timers.delay = _timer_delay(config.limits)
         self.trusted_proxies = NetworkSet(config.trusted_proxies)
+        self.has_trusted_proxies = bool(self.trusted_proxies)
         self.config = config
 
     def record(self, exchange: Exchange) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import httptools
 
@@ -148,10 +148,12 @@ class HttpSession(asyncio.Protocol):
     # == asyncio.Protocol =======================================================================
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport = cast(asyncio.Transport, transport)
+        # A TCP/TLS transport; an annotation, not cast(), which would be a call per connection.
+        tcp_transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = tcp_transport
         listener = self.listener
         if not listener.admit(self):
-            transport.abort()
+            tcp_transport.abort()
             self.closed = True
             return
         self.writable = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from lbproxy.errors import ConnectRefused, ConnectTimeout, UpstreamError
 from lbproxy.stats import Histogram
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 P = TypeVar("P", bound=asyncio.Protocol)
 
 
-class Dial:
+class Dial(Generic[P]):
     """One connect attempt in progress. ``cancel()`` abandons it (a late success is closed)."""
 
     __slots__ = ("_task", "_timer", "_callback", "_done", "started", "target", "_loop", "_durations")

@@ -215,7 +215,7 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
-def reset(transport: asyncio.BaseTransport) -> None:
+def reset(transport: asyncio.Transport) -> None:
     """Close a TCP transport with a reset (RST), discarding unsent data.
 
     ``transport.abort()`` alone closes the socket, and the kernel then sends a FIN, which the peer

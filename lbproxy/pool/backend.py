@@ -91,7 +91,7 @@ class Backend:
         # A stable id: the configured address. Hashing (ip_hash, cookies) keys on it, so two
         # instances with the same config agree.
         self.label = str(config.address)
-        self.weight = config.weight  # the weight strategies read (slow start scales it)
+        self.weight: float = config.weight  # the weight strategies read (slow start scales it)
         self.base_weight = config.weight  # the configured or admin-set weight
         self.max_connections = config.max_connections
         self.checked_up = True

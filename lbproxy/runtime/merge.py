@@ -107,7 +107,7 @@ def _find_backend(status: Mapping[str, Any], pool: str, address: str) -> Mapping
         if p["name"] == pool:
             for b in p.get("backends", []):
                 if b["address"] == address:
-                    return b  # type: ignore[no-any-return]
+                    return b
     return None
 
 
