@@ -175,7 +175,7 @@ async def main(args: argparse.Namespace) -> None:
         run(listener, conns, args.requests)
         profiler.disable()
         stats = pstats.Stats(profiler)
-        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("tottime").print_stats(60)
         return
     best = min(run(listener, conns, args.requests) for _ in range(args.repeat))
     what = "new connection (one request each)" if args.new_connections else "keep-alive request"

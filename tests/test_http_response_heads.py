@@ -5,7 +5,11 @@ shape and checks the exact bytes the client receives."""
 from __future__ import annotations
 
 import asyncio
+import types
 
+import httptools
+
+from lbproxy.l7 import upstream as upstream_module
 from tests.backends_misbehaving import (  # noqa: F401  (scripted is a fixture)
     BackendConnection,
     Request,
@@ -203,3 +207,92 @@ async def test_alternating_heads_on_one_upstream_connection(make_daemon, scripte
         assert (r.header("X-Secret") is None) == (i % 2 == 0), (i, r.headers)
     await conn.close()
     assert backend.connections == 1
+
+
+class _CountingParser:
+    """httptools' response parser, counting the reads fed to it."""
+
+    feeds = 0
+
+    def __init__(self, protocol: object) -> None:
+        self._inner = httptools.HttpResponseParser(protocol)
+
+    def feed_data(self, data: bytes) -> None:
+        _CountingParser.feeds += 1
+        self._inner.feed_data(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+def count_parser_feeds(monkeypatch) -> type[_CountingParser]:  # type: ignore[no-untyped-def]
+    namespace = types.SimpleNamespace(**{n: getattr(httptools, n) for n in dir(httptools) if not n.startswith("_")})
+    namespace.HttpResponseParser = _CountingParser
+    monkeypatch.setattr(upstream_module, "httptools", namespace)
+    _CountingParser.feeds = 0
+    return _CountingParser
+
+
+async def test_a_repeated_response_in_one_read_skips_the_parser(make_daemon, scripted, monkeypatch) -> None:
+    """Issue 8: a whole response in one read, with the same head as the last one, is relayed
+    without feeding httptools, byte for byte as the parser's path relays it."""
+    parser = count_parser_feeds(monkeypatch)
+    response = b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 5\r\n\r\nhello"
+    backend = await scripted(answering(response))
+    daemon = await make_daemon(proxy_config([backend.port]))
+    conn = await Connection.open(*daemon.listener_address("public"))
+    heads = []
+    for _ in range(8):
+        await conn.send(GET)
+        data = await read_until(conn.reader, b"hello")
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert body == b"hello"
+        heads.append(b"\n".join(line for line in head.split(b"\r\n") if not line.startswith(b"X-Request-Id")))
+    await conn.close()
+    assert backend.connections == 1
+    assert heads == [b"HTTP/1.1 200 OK\nServer: s\nContent-Length: 5"] * 8
+    assert parser.feeds == 1, "only the first response went through the parser"
+
+
+async def test_a_repeated_head_with_a_split_or_different_body_goes_through_the_parser(
+    make_daemon, scripted, monkeypatch
+) -> None:
+    parser = count_parser_feeds(monkeypatch)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+    turn = 0
+
+    async def shapes(conn: BackendConnection, request: Request) -> bool:
+        nonlocal turn
+        turn += 1
+        if turn == 2:  # the body in two reads
+            conn.write(head + b"he")
+            await conn.drain()
+            await asyncio.sleep(0.05)
+            conn.write(b"llo")
+        elif turn == 3:  # the same head, a body cut short, then the connection closed
+            conn.write(head + b"hel")
+            await conn.drain()
+            return False
+        else:
+            conn.write(head + b"hello")
+        await conn.drain()
+        return True
+
+    backend = await scripted(shapes)
+    daemon = await make_daemon(proxy_config([backend.port]))
+    conn = await Connection.open(*daemon.listener_address("public"))
+    r = await conn.request(host="a.example")
+    assert (r.status, r.body) == (200, b"hello")
+    r = await conn.request(host="a.example")
+    assert (r.status, r.body) == (200, b"hello")
+    assert parser.feeds == 3, "the split response was parsed"
+    await conn.close()
+    conn = await Connection.open(*daemon.listener_address("public"))
+    await conn.send(GET)
+    # A truncated response whose head was already sent: the client connection is closed.
+    assert await conn.closed_by_peer()
+    await conn.close()
+    conn = await Connection.open(*daemon.listener_address("public"))
+    r = await conn.request(host="a.example")  # a fresh backend connection, parsed again
+    assert (r.status, r.body) == (200, b"hello")
+    await conn.close()

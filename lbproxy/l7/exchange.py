@@ -631,6 +631,7 @@ class Exchange:
             verdict = _plain_verdict(head)
             if upstream is not None:
                 upstream.plain_head = head
+                upstream.plain_status = status
                 upstream.plain_verdict = verdict
         if verdict is None:
             return False
@@ -927,22 +928,22 @@ REQUEST_HANDLED = HOP_BY_HOP | FORWARDING | _SPECIAL
 # Response fields never relayed as received: hop-by-hop, the framing (re-made) and X-Request-Id.
 _RESPONSE_HANDLED = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 # The same fields found in a lowercased raw head (httptools allows no space before the colon).
-PlainVerdict = tuple[bytes | None, bytes | None, tuple[int, int]]  # see _plain_verdict
+PlainVerdict = tuple[int | None, bytes | None, tuple[int, int]]  # see _plain_verdict
 _RESPONSE_SPECIAL = re.compile(b"\\r\\n(" + b"|".join(sorted(_RESPONSE_HANDLED)) + b"):[ \\t]*([^\\r]*)")
 
 
 def _plain_verdict(head: bytes) -> PlainVerdict | None:
-    """``(Content-Length, Connection, (start, end))`` of a raw response head: the two values
-    (None where absent) and the slice that cuts the Connection line out (``head[:start] +
+    """``(Content-Length, Connection, (start, end))`` of a raw response head: the length as a
+    number and the Connection value (None where absent), and the slice that cuts the Connection line out (``head[:start] +
     head[end:]``), when, of the fields lbproxy handles, it has at most one of each and
     Connection names only keep-alive or close; None when the head needs the general,
     field-by-field path."""
-    length: bytes | None = None
+    length: int | None = None
     connection: bytes | None = None
     lower = head.lower()
     for name, value in _RESPONSE_SPECIAL.findall(lower):
         if name == b"content-length" and length is None:
-            length = value
+            length = int(value)  # httptools has validated it: digits
         elif name == b"connection" and connection is None:
             connection = value.rstrip(b" \t")
             if connection != b"keep-alive" and connection != b"close":

@@ -155,6 +155,7 @@ class UpstreamConnection(asyncio.Protocol):
         "raw",
         "raw_start",
         "plain_head",
+        "plain_status",
         "plain_verdict",
         "head_wanted",
         "last_activity",
@@ -184,6 +185,7 @@ class UpstreamConnection(asyncio.Protocol):
         # The last response head and Exchange's verdict on it (``_plain_verdict``), kept because
         # a backend repeats the same head: see Exchange._relay_plain_head.
         self.plain_head = b""
+        self.plain_status = 0
         self.plain_verdict: PlainVerdict | None = None
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
@@ -277,6 +279,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.received = True
         if self.head_wanted:
             raw = self.raw
+            if not raw and self.plain_verdict is not None and self._relay_repeated(exchange, data):
+                return
             self.raw = raw + data if raw else data
         try:
             self.parser.feed_data(data)
@@ -391,6 +395,41 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = True
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _relay_repeated(self, exchange: Exchange, data: bytes) -> bool:
+        """Relay a whole response that came in one read and repeats the last plain response's
+        head byte for byte, without the parser; False, having done nothing, for anything else.
+
+        A backend connection sends the same head again and again (only the Date changes, once
+        a second), and a small response arrives in one read. Such a response is the head
+        httptools validated last time (its status and framing are known: ``plain_status``,
+        ``plain_verdict``), the empty line, then exactly Content-Length body bytes and nothing
+        more. The parser is between messages (nothing of this response reached it), so leaving
+        it out leaves it ready for the next one. The same Exchange calls relay it as the parser's
+        callbacks would. (Issue 8: six callbacks and a parse fewer, -1.1 µs per response.)"""
+        verdict = self.plain_verdict
+        assert verdict is not None
+        length = verdict[0]
+        head = self.plain_head
+        body_at = len(head) + 2
+        if length is None or len(data) != body_at + length or not data.startswith(head):
+            return False
+        if not data.startswith(b"\r\n", body_at - 2):
+            return False
+        self.head_wanted = False
+        self.status = status = self.plain_status
+        try:
+            if exchange.upstream_head(status, head):
+                if length:
+                    self.dirty = True  # body bytes where none belong (a HEAD answered with a body)
+            elif length:
+                exchange.upstream_body(data[body_at:])
+        except UpstreamError as exc:
+            self._fail(exc)
+            return True
+        self.complete = True
+        self._finish()
+        return True
 
     def _take_head(self) -> bytes:
         """The head httptools just completed, status line and fields (each ending CRLF), cut
