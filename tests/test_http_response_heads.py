@@ -296,3 +296,40 @@ async def test_a_repeated_head_with_a_split_or_different_body_goes_through_the_p
     r = await conn.request(host="a.example")  # a fresh backend connection, parsed again
     assert (r.status, r.body) == (200, b"hello")
     await conn.close()
+
+
+async def test_a_repeated_response_over_a_new_body_limit_gets_502(make_daemon, scripted, monkeypatch) -> None:
+    """The parser-less path enforces max_response_body_bytes like the parser's path: a reload
+    lowers the limit under a response the pooled connection has already seen once."""
+    from lbproxy.config.loader import load_config_text
+
+    parser = count_parser_feeds(monkeypatch)
+    backend = await scripted(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"))
+    daemon = await make_daemon(proxy_config([backend.port], pool={"max_response_body_bytes": 100}))
+    conn = await Connection.open(*daemon.listener_address("public"))
+    for _ in range(2):
+        r = await conn.request(host="a.example")
+        assert (r.status, r.body) == (200, b"hello")
+    await conn.close()
+    assert parser.feeds == 1
+    problems = await daemon.reload(load_config_text(proxy_config([backend.port], pool={"max_response_body_bytes": 3})))
+    assert not problems
+    conn = await Connection.open(*daemon.listener_address("public"))
+    r = await conn.request(host="a.example")
+    await conn.close()
+    assert r.status == 502
+    assert parser.feeds == 1, "the over-limit response took the parser-less path"
+
+
+async def test_a_bad_response_caught_before_anything_is_written_gets_502(make_daemon, scripted) -> None:
+    """A response found bad in the read that brought its head (here a body over
+    max_response_body_bytes) reaches the client as a 502, not as a cut connection: nothing of
+    it had been written yet. The client connection stays usable."""
+    backend = await scripted(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"))
+    daemon = await make_daemon(proxy_config([backend.port], pool={"max_response_body_bytes": 3}))
+    conn = await Connection.open(*daemon.listener_address("public"))
+    r = await conn.request(host="a.example")
+    assert r.status == 502 and b"max_response_body_bytes" in r.body, (r.status, r.body)
+    r = await conn.request(host="a.example")
+    assert r.status == 502
+    await conn.close()

@@ -874,12 +874,17 @@ class Exchange:
 
     def _fail(self, error: UpstreamError) -> None:
         self.termination = error.kind
-        if self.response_started:
+        if self.response_started and self.held is None:
             self.session.abort()  # too late for an error page: the client sees a cut response
             if not self.finished:
                 self.session.finish(self)
             return
-        # The request body may be half sent: the session closes (lingering) unless it was complete.
+        # Nothing reached the client yet (a head still held with the read's body bytes is
+        # dropped): it gets an error response instead of a cut one. The request body may be
+        # half sent: the session closes (lingering) unless it was complete.
+        self.held = None
+        self.response_started = self.response_chunked = self.response_close_delimited = False
+        self.bytes_out = 0
         self.respond_locally(error.status, str(error), close=not self.request_complete)
         self._write_local()
 
