@@ -333,3 +333,114 @@ async def test_a_bad_response_caught_before_anything_is_written_gets_502(make_da
     r = await conn.request(host="a.example")
     assert r.status == 502
     await conn.close()
+
+
+async def test_empty_lines_before_a_status_line_in_any_mix_are_skipped(make_daemon, scripted) -> None:
+    """llhttp skips CR and LF in any mix before a message; the head lbproxy relays starts where
+    the status line does, its fields all kept."""
+    for prefix in (b"\r\r\n", b"\n\r\n\r\n", b"\n"):
+        backend = await scripted(
+            answering(prefix + b"HTTP/1.1 200 OK\r\nSet-Cookie: s=1\r\nContent-Type: text/x\r\nContent-Length: 2\r\n\r\nok")
+        )
+        daemon = await make_daemon(proxy_config([backend.port]))
+        head, rest, conn = await raw_response(daemon, GET)
+        await conn.close()
+        assert head.startswith(b"HTTP/1.1 200 OK\r\nSet-Cookie: s=1\r\nContent-Type: text/x\r\nContent-Length: 2\r\n"), (prefix, head)
+        assert head.count(b"HTTP/1.1") == 1 and rest == b"ok", (prefix, head, rest)
+
+
+async def test_a_second_response_in_the_same_read_is_dropped_not_a_502(make_daemon, scripted) -> None:
+    """A backend that answers twice in one write: the first response is relayed whole, the
+    extra one dropped with the backend connection (never reused), and no failure is counted."""
+    backend = await scripted(
+        answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    )
+    daemon = await make_daemon(proxy_config([backend.port]))
+    conn = await Connection.open(*daemon.listener_address("public"))
+    for _ in range(2):
+        r = await conn.request(host="a.example")
+        assert (r.status, r.body) == (200, b"ok")
+    await conn.close()
+    assert backend.connections == 2, "the connection that sent an extra response was not reused"
+    pool = daemon.pools["web"]
+    assert pool.backends[0].failures_total == 0
+
+
+async def test_an_interim_response_with_a_body_is_refused(make_daemon, scripted) -> None:
+    """A 1xx has no content. One that announces a body (llhttp would frame it by its
+    Content-Length) gets the client a 502, and no 1xx ever carries framing fields to the client:
+    the client's framing can't be steered by the backend's."""
+    backend = await scripted(
+        answering(
+            b"HTTP/1.1 104 X\r\nContent-Length: 24\r\n\r\nZ\r\nContent-Length: 100\r\n"
+            b"HTTP/1.1 200 OK\r\nX: y\r\n\r\nabc",
+            keep=False,
+        )
+    )
+    daemon = await make_daemon(proxy_config([backend.port]))
+    conn = await Connection.open(*daemon.listener_address("public"))
+    await conn.send(GET)
+    data = await read_until(conn.reader, b"with a body from backend\n")
+    # The client connection is still in step: the next request gets the same two messages.
+    r = await conn.request(host="a.example")
+    assert r.status == 104 and r.body == b""
+    r = await conn.read_response()
+    await conn.close()
+    assert r.status == 502
+    assert data.startswith(b"HTTP/1.1 104 "), data
+    interim, _, final = data.partition(b"\r\n\r\n")
+    assert b"content-length" not in interim.lower(), interim
+    assert final.startswith(b"HTTP/1.1 502 "), data
+    assert b"abc" not in final and b"Content-Length: 100" not in data, data
+
+
+async def test_interim_responses_keep_memory_bounded(make_daemon, scripted) -> None:
+    """1xx after 1xx (a long 102 Processing): what lbproxy keeps of them doesn't grow."""
+    kept: list[int] = []
+    interims = 300
+
+    async def processing(conn: BackendConnection, request: Request) -> bool:
+        for _ in range(interims):
+            conn.write(b"HTTP/1.1 102 Processing\r\n\r\n")
+            await conn.drain()
+            await asyncio.sleep(0)
+        conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await conn.drain()
+        return True
+
+    backend = await scripted(processing)
+    daemon = await make_daemon(proxy_config([backend.port]))
+    original = upstream_module.UpstreamConnection.on_headers_complete
+
+    def watching(self: upstream_module.UpstreamConnection) -> None:
+        original(self)
+        kept.append(len(self.raw))
+
+    upstream_module.UpstreamConnection.on_headers_complete = watching  # type: ignore[method-assign]
+    try:
+        conn = await Connection.open(*daemon.listener_address("public"))
+        await conn.send(GET)
+        data = await read_until(conn.reader, b"\r\n\r\nok")
+        await conn.close()
+    finally:
+        upstream_module.UpstreamConnection.on_headers_complete = original  # type: ignore[method-assign]
+    assert data.count(b"HTTP/1.1 102 Processing\r\n") == interims and b"HTTP/1.1 200 OK\r\n" in data
+    assert len(kept) == interims + 1
+    assert max(kept) < 4096, f"raw grew to {max(kept)} bytes over {interims} interim responses"
+
+
+async def test_a_status_line_with_control_characters_is_rewritten(make_daemon, scripted) -> None:
+    """llhttp lets NUL, DEL and ESC through in a reason phrase, and a status line without the
+    space after the code: those reach the client as lbproxy's own clean status line."""
+    for line, clean in (
+        (b"HTTP/1.1 200 O\x00K\x1b[2J\r\n", b"HTTP/1.1 200 OK\r\n"),
+        (b"HTTP/1.1 404\r\n", b"HTTP/1.1 404 Not Found\r\n"),
+        (b"HTTP/1.1 200 Fine \x7f\r\n", b"HTTP/1.1 200 OK\r\n"),
+    ):
+        for extra in (b"", b"Connection: keep-alive, X-B\r\nX-B: 1\r\nContent-Length: 2\r\n"):  # fast, general path
+            fields = extra or b"Content-Length: 2\r\n"
+            backend = await scripted(answering(line + fields + b"\r\nok"))
+            daemon = await make_daemon(proxy_config([backend.port]))
+            head, _, conn = await raw_response(daemon, GET)
+            await conn.close()
+            assert head.startswith(clean), (line, head)

@@ -590,7 +590,7 @@ class Exchange:
             return
         parts = [status_line(status)]
         for name, value in headers:
-            if name.lower() not in HOP_BY_HOP:
+            if name.lower() not in _RESPONSE_HANDLED:  # a 1xx has no content: no framing fields
                 parts += (name, b": ", value, b"\r\n")
         parts.append(b"\r\n")
         self.session.write(b"".join(parts))
@@ -635,7 +635,7 @@ class Exchange:
                 upstream.plain_verdict = verdict
         if verdict is None:
             return False
-        length, connection, without_connection = verdict
+        length, connection, without_connection, status_line_kept = verdict
         session = self.session
         close = not self.keep_alive or (session.closing and not session.queue) or self.upgrade is not None
         framing = b""
@@ -653,7 +653,7 @@ class Exchange:
         if connection is not None and (close or self.http10 or connection != b"keep-alive"):
             start, end = without_connection
             head = head[:start] + head[end:]
-        if not head.startswith(b"HTTP/1.1 "):
+        if not status_line_kept:
             head = status_line(status) + head[head.find(b"\r\n") + 2 :]
         self.close_after = close
         self.response_started = True
@@ -717,8 +717,9 @@ class Exchange:
                 kept.append((b"Transfer-Encoding", b"chunked"))
         self.close_after = close or tunnel
 
-        # The backend's status line (its reason phrase too), unless it is not HTTP/1.1.
-        parts = [head[: head.find(b"\r\n") + 2] if head.startswith(b"HTTP/1.1 ") else status_line(status)]
+        # The backend's status line (its reason phrase too), unless it is not HTTP/1.1 or not clean.
+        relayable = _RELAYABLE_STATUS_LINE.match(head) is not None
+        parts = [head[: head.find(b"\r\n") + 2] if relayable else status_line(status)]
         for name, value in kept:
             parts += (name, b": ", value, b"\r\n")
         parts += (b"X-Request-Id: ", self.request_id, b"\r\n")
@@ -933,16 +934,20 @@ REQUEST_HANDLED = HOP_BY_HOP | FORWARDING | _SPECIAL
 # Response fields never relayed as received: hop-by-hop, the framing (re-made) and X-Request-Id.
 _RESPONSE_HANDLED = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 # The same fields found in a lowercased raw head (httptools allows no space before the colon).
-PlainVerdict = tuple[int | None, bytes | None, tuple[int, int]]  # see _plain_verdict
 _RESPONSE_SPECIAL = re.compile(b"\\r\\n(" + b"|".join(sorted(_RESPONSE_HANDLED)) + b"):[ \\t]*([^\\r]*)")
+PlainVerdict = tuple[int | None, bytes | None, tuple[int, int], bool]  # see _plain_verdict
+# A status line relayed as the backend wrote it: HTTP/1.1, and a reason phrase of the characters
+# RFC 9112 allows (llhttp also lets NUL, DEL and other controls through, and a missing space).
+_RELAYABLE_STATUS_LINE = re.compile(b"HTTP/1\\.1 [0-9]{3} [\t\x20-\x7e\x80-\xff]*\r\n")
 
 
 def _plain_verdict(head: bytes) -> PlainVerdict | None:
-    """``(Content-Length, Connection, (start, end))`` of a raw response head: the length as a
-    number and the Connection value (None where absent), and the slice that cuts the Connection line out (``head[:start] +
-    head[end:]``), when, of the fields lbproxy handles, it has at most one of each and
-    Connection names only keep-alive or close; None when the head needs the general,
-    field-by-field path."""
+    """``(Content-Length, Connection, (start, end), status line kept)`` of a raw response head:
+    the length as a number and the Connection value (None where absent), the slice that cuts
+    the Connection line out (``head[:start] + head[end:]``), and whether the status line may be
+    relayed as it is (``_RELAYABLE_STATUS_LINE``); when, of the fields lbproxy handles, it has
+    at most one of each and Connection names only keep-alive or close. None when the head needs
+    the general, field-by-field path."""
     length: int | None = None
     connection: bytes | None = None
     lower = head.lower()
@@ -959,7 +964,7 @@ def _plain_verdict(head: bytes) -> PlainVerdict | None:
     if connection is not None:
         at = lower.find(b"\r\nconnection:")
         cut = (at + 2, lower.find(b"\r\n", at + 13) + 2)
-    return length, connection, cut
+    return length, connection, cut, _RELAYABLE_STATUS_LINE.match(head) is not None
 
 
 def _cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:

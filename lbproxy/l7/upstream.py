@@ -354,15 +354,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = 0
 
     def on_headers_complete(self) -> None:
-        head = self._take_head()
         exchange = self.exchange
+        if exchange is None or self.complete:
+            self.dirty = True  # a response nobody asked for (on_message_begin marked it too)
+            return
+        head = self._take_head()
         status = self.parser.get_status_code()
         self.status = status
         if status >= 200 or status == 101:
             self.raw = b""  # the body follows: nothing more to keep
             self.raw_start = 0
-        if exchange is None or self.complete:
-            return
         if status == 101:
             if exchange.upgrade is None or not _switches_protocols(parse_fields(head)):
                 raise BadResponse("unexpected 101 response from backend")
@@ -371,6 +372,10 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200:
             self.interim = True
             self.head_wanted = True  # the final response's head follows
+            # Keep only what follows this head: a backend sending 1xx after 1xx (102 Processing
+            # for a long operation) must not grow ``raw`` without bound.
+            self.raw = self.raw[self.raw_start :]
+            self.raw_start = 0
             exchange.upstream_interim(status, parse_fields(head))
             return
         if not self.parser.should_keep_alive():
@@ -386,6 +391,10 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is None or self.complete:
             self.dirty = True
             return
+        if self.interim:
+            # llhttp frames a 1xx by its Content-Length; a 1xx has no content (RFC 9110 section
+            # 15.2), and relaying those bytes would put them where the client expects a head.
+            raise BadResponse("interim (1xx) response with a body from backend")
         exchange.upstream_body(body)
 
     def on_message_complete(self) -> None:
@@ -439,9 +448,10 @@ class UpstreamConnection(asyncio.Protocol):
         at the first empty line (checked at import: ``lbproxy.l7.llhttp``)."""
         raw = self.raw
         start = self.raw_start
-        if raw[start] == 13:  # CR: empty lines before the message, which the parser skips too
-            while raw.startswith(b"\r\n", start):
-                start += 2
+        size = len(raw)
+        # Empty lines before the message (CR and LF in any mix), which llhttp skips too.
+        while start < size and raw[start] in b"\r\n":
+            start += 1
         end = raw.find(b"\r\n\r\n", start)
         if end < 0 or end - start > MAX_RESPONSE_HEAD:
             raise BadResponse("response head from backend too large" if end >= 0 else "malformed response head")
