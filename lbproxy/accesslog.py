@@ -98,20 +98,22 @@ class AccessLog:
         """One line for a finished HTTP request."""
         referer = user_agent = ""
         for name, value in exchange.headers:
-            lname = name.lower()
-            if lname == b"referer":
+            size = len(name)  # lowercase only the names that can match: Referer 7, User-Agent 10
+            if size == 7 and name.lower() == b"referer":
                 referer = value.decode("latin-1")
-            elif lname == b"user-agent":
+            elif size == 10 and name.lower() == b"user-agent":
                 user_agent = value.decode("latin-1")
         route = exchange.route
         backend = exchange.backend
-        method = exchange.method.decode("latin-1")
+        method = exchange.method.decode("latin-1")  # a token (httptools checked): never escaped
         target = exchange.url.decode("latin-1")
         version = "1.0" if exchange.http10 else "1.1"
         client = exchange.session.client_host
+        now = time.time()
+        stamp = self._stamp if int(now) == self._second else self._time(now)
         if self.json:
             doc = {
-                "time": self._time(time.time()),
+                "time": stamp,
                 "type": "http",
                 "listener": listener_name,
                 "client": client,
@@ -132,9 +134,11 @@ class AccessLog:
             }
             self._write(json.dumps(doc) + "\n")
             return
+        referer = _clean(referer) if referer else "-"
+        user_agent = _clean(user_agent) if user_agent else "-"
         self._write(
-            f'{client} - - [{self._time(time.time())}] "{_clean(method)} {_clean(target)} HTTP/{version}" '
-            f'{exchange.status} {exchange.bytes_out} "{_clean(referer) or "-"}" "{_clean(user_agent) or "-"}" '
+            f'{client} - - [{stamp}] "{method} {_clean(target)} HTTP/{version}" {exchange.status} '
+            f'{exchange.bytes_out} "{referer}" "{user_agent}" '
             f"rt={duration:.6f} listener={listener_name} route={route.name if route else '-'} "
             f"pool={exchange.pool.name if exchange.pool else '-'} backend={backend.label if backend else '-'} "
             f"id={exchange.request_id.decode('latin-1') or '-'} term={exchange.termination or '-'}\n"

@@ -88,3 +88,28 @@ async def test_combined_access_log_and_sigusr1_reopen(tmp_path: Path, http_backe
             await proc.wait()
         await proc.stderr.read()  # type: ignore[union-attr]
     _ = ROOT
+
+
+async def test_combined_line_escapes_client_text_and_marks_absent_fields(make_daemon, http_backends, tmp_path: Path) -> None:
+    """Referer and User-Agent are escaped so one request stays one line; absent ones are "-"."""
+    web = await http_backends(1)
+    path = tmp_path / "access.log"
+    daemon = await make_daemon(
+        f"""
+        access_log: {{path: "{path}"}}
+        pools:
+          web:
+            backends: ["127.0.0.1:{web[0]}"]
+        listeners:
+          - name: public
+            bind: 127.0.0.1:0
+            routes: [{{pool: web}}]
+        """
+    )
+    host, port = daemon.listener_address("public")
+    assert (await fetch(host, port, path="/a", headers={"Referer": 'x"y\\z', "user-agent": "ua/1"})).status == 200
+    assert (await fetch(host, port, path="/b")).status == 200
+    await daemon.shutdown()
+    first, second = path.read_text().splitlines()
+    assert '"GET /a HTTP/1.1" 200 ' in first and ' "x\\"y\\\\z" "ua/1" rt=' in first, first
+    assert '"GET /b HTTP/1.1" 200 ' in second and ' "-" "-" rt=' in second, second
