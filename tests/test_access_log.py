@@ -15,21 +15,26 @@ from tests.conftest import ROOT
 from tests.test_cli import _start_process
 
 
+def _logging_config(access_log: str, port: int, routes: str) -> str:
+    """One pool of the backend on ``port``, one listener ``public`` with ``routes``, and the
+    ``access_log`` section given (YAML flow text)."""
+    return f"""
+        access_log: {access_log}
+        pools:
+          web:
+            backends: ["127.0.0.1:{port}"]
+        listeners:
+          - name: public
+            bind: 127.0.0.1:0
+            routes: {routes}
+        """
+
+
 async def test_json_access_log_fields(make_daemon, http_backends, tmp_path: Path) -> None:
     web = await http_backends(1)
     path = tmp_path / "access.log"
     daemon = await make_daemon(
-        f"""
-        access_log: {{format: json, path: "{path}"}}
-        pools:
-          web:
-            backends: ["127.0.0.1:{web[0]}"]
-        listeners:
-          - name: public
-            bind: 127.0.0.1:0
-            routes:
-              - {{name: api, match: {{path_prefix: /api/}}, pool: web}}
-        """
+        _logging_config(f'{{format: json, path: "{path}"}}', web[0], "[{name: api, match: {path_prefix: /api/}, pool: web}]")
     )
     host, port = daemon.listener_address("public")
     r = await fetch(host, port, path="/api/x?q=1", headers={"User-Agent": "probe/1", "X-Request-Id": "req-42"})
@@ -94,18 +99,7 @@ async def test_combined_line_escapes_client_text_and_marks_absent_fields(make_da
     """Referer and User-Agent are escaped so one request stays one line; absent ones are "-"."""
     web = await http_backends(1)
     path = tmp_path / "access.log"
-    daemon = await make_daemon(
-        f"""
-        access_log: {{path: "{path}"}}
-        pools:
-          web:
-            backends: ["127.0.0.1:{web[0]}"]
-        listeners:
-          - name: public
-            bind: 127.0.0.1:0
-            routes: [{{pool: web}}]
-        """
-    )
+    daemon = await make_daemon(_logging_config(f'{{path: "{path}"}}', web[0], "[{pool: web}]"))
     host, port = daemon.listener_address("public")
     assert (await fetch(host, port, path="/a", headers={"Referer": 'x"y\\z', "user-agent": "ua/1"})).status == 200
     assert (await fetch(host, port, path="/b")).status == 200
