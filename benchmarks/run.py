@@ -474,7 +474,8 @@ def l7(*labels: str) -> list[System]:
              "lbproxy+log": System("lbproxy+log", "lbproxy-log", "http"),
              "haproxy": System("haproxy", "haproxy-l7", "http"),
              "nginx": System("nginx", "nginx-l7", "http"),
-             "minimal": System("minimal", "minimal-l7", "http")}
+             "minimal": System("minimal", "minimal-l7", "http"),
+             "lbproxy-alt": System("lbproxy-alt", "lbproxy-alt", "http")}
     return [known[label] for label in labels]
 
 
@@ -488,8 +489,8 @@ def l4(*labels: str, role: str = "tcp") -> list[System]:
     return [known[label] for label in labels]
 
 
-def all_scenarios(idle_l7: int, idle_l4: int) -> list[Scenario]:
-    every_l7 = l7("lbproxy", "lbproxy+log", "haproxy", "nginx", "minimal")
+def all_scenarios(idle_l7: int, idle_l4: int, alt: bool = False) -> list[Scenario]:
+    every_l7 = l7("lbproxy", "lbproxy+log", "haproxy", "nginx", "minimal", *(["lbproxy-alt"] if alt else []))
     return [
         Scenario("l7-keepalive", "L7 keep-alive, 12-byte responses, 50 clients", "wrk", every_l7),
         Scenario("l7-newconn", "L7 new connection per request (Connection: close), 50 clients", "wrk",
@@ -534,6 +535,7 @@ class Env:
         self.notes: list[str] = []
         self.backend_kind = "nginx" if shutil.which("nginx") else "python"
         self.lbproxy_src = self.scratch / "lbproxy-src"
+        self.alt_src = self.scratch / "lbproxy-alt-src"  # --alt-src: a second lbproxy, A/B in one run
         self.lbproxy_digest = ""
         self.workers_flag = False
         # haproxy 2.6 refuses to start unless ulimit -n >= 2 * maxconn + 2 * maxpipes + a few
@@ -556,9 +558,10 @@ class Env:
             total += int(match.group(1))
         return total
 
-    def lbproxy_env(self) -> dict[str, str]:
+    def lbproxy_env(self, src: Path | None = None) -> dict[str, str]:
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(self.lbproxy_src) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        path = str(src or self.lbproxy_src)
+        env["PYTHONPATH"] = path + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         return env
 
     def setup(self) -> None:
@@ -567,6 +570,9 @@ class Env:
         shutil.copytree(self.args.lbproxy_src / "lbproxy", self.lbproxy_src / "lbproxy",
                         ignore=shutil.ignore_patterns("__pycache__"))
         self.lbproxy_digest = tree_digest(self.lbproxy_src / "lbproxy")
+        if self.args.alt_src is not None:
+            shutil.copytree(self.args.alt_src / "lbproxy", self.alt_src / "lbproxy",
+                            ignore=shutil.ignore_patterns("__pycache__"))
         check = subprocess.run([sys.executable, "-m", "lbproxy", "run", "--help"], capture_output=True,
                                text=True, cwd=self.lbproxy_src, env=self.lbproxy_env())
         if check.returncode != 0:
@@ -579,6 +585,8 @@ class Env:
                  "lbproxy-w1": lbproxy_roles, "lbproxy-w2": lbproxy_roles,
                  "haproxy-l7": ["http"], "haproxy-l4": ["tcp", "iperf", "iperf_splice"],
                  "nginx-l7": ["http"], "nginx-stream": ["tcp", "iperf"], "minimal-l7": ["http"]}
+        if self.args.alt_src is not None:
+            roles["lbproxy-alt"] = lbproxy_roles
         count = len(names) + sum(len(r) for r in roles.values())
         ports = iter(free_ports(count, self.args.port_base))
         self.ports = {name: next(ports) for name in names}
@@ -640,7 +648,8 @@ class Env:
                 cpus = self.args.scaling_cpus
                 if not self.workers_flag:
                     missing = "not available yet: `lbproxy run --help` lists no --workers"
-            return Server(key, argv, ports, cpus, env=self.lbproxy_env(), cwd=self.lbproxy_src, missing=missing)
+            src = self.alt_src if key == "lbproxy-alt" else self.lbproxy_src
+            return Server(key, argv, ports, cpus, env=self.lbproxy_env(src), cwd=src, missing=missing)
         if key == "minimal-l7":
             argv = [sys.executable, str(HERE / "minimal_proxy.py"), str(ports["http"]),
                     *(str(backends[f"backend{i}"]) for i in (1, 2, 3))]
@@ -979,6 +988,55 @@ class Runner:
                 proc.stop()
         return out
 
+    # perf: where each proxy's CPU goes, kernel included, during L7 keep-alive
+    def perf(self, seconds: float) -> dict[str, Any]:
+        """Sample each L7 proxy with ``perf record -e cpu-clock`` (kernel and user, no hardware
+        counters needed) during keep-alive load: µs per request by symbol, so the system time
+        lbproxy spends beyond haproxy's can be read function by function."""
+        self.log(f"\n== perf: perf record -e cpu-clock during {seconds:g} s of L7 keep-alive, per proxy")
+        if not shutil.which("perf"):
+            return {"skipped": "perf is not installed (apt-get install -y linux-perf)"}
+        out: dict[str, Any] = {}
+        for label, key in (("lbproxy", "lbproxy"), ("haproxy", "haproxy-l7"), ("nginx", "nginx-l7"),
+                           ("minimal", "minimal-l7")):
+            if self.env.servers[key].missing:
+                continue
+            port = self.env.servers[key].ports["http"]
+            data = self.env.out_dir / f"perf-{label}.data"
+            try:
+                proc = self.env.start(key)
+            except BenchError as exc:
+                out[label] = {"error": str(exc)}
+                continue
+            try:
+                self._wrk(proc, port, self.args.warmup)
+                argv = ["taskset", "-c", self.env.load_cpus, "perf", "record", "-q", "-g", "-e", "cpu-clock",
+                        "-F", "2000", "-o", str(data), "-p", ",".join(map(str, process_tree(proc.pid)))]
+                recorder = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE)
+                try:
+                    time.sleep(0.5)
+                    wrk = measured(self.env, proc, lambda: run_wrk(self.env, port, seconds, ACTIVE_CLIENTS))
+                finally:
+                    recorder.send_signal(signal.SIGINT)
+                    recorder.wait(60)
+                report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
+                                         "--sort", "dso,sym", "-F", "overhead,period,dso,sym"],
+                                        capture_output=True, text=True, timeout=120)
+                out[label] = summarize_perf(report.stdout, wrk["requests"])
+                # /proc's figures for the same run (what the targets use), beside perf's samples
+                out[label]["proc_user_us"] = wrk["proxy_user_s"] * 1e6 / max(wrk["requests"], 1)
+                out[label]["proc_sys_us"] = wrk["proxy_sys_s"] * 1e6 / max(wrk["requests"], 1)
+                out[label]["file"] = str(data)
+                self.log(f"   {label:<8} {out[label]['us_per_request']:.1f} µs/request sampled "
+                         f"(kernel {out[label]['kernel_us']:.1f}); /proc: user {out[label]['proc_user_us']:.1f}, "
+                         f"system {out[label]['proc_sys_us']:.1f}")
+            except (BenchError, OSError, subprocess.TimeoutExpired) as exc:
+                out[label] = {"error": str(exc)}
+            finally:
+                proc.stop()
+        return out
+
     # py-spy on lbproxy during L7 keep-alive
     def profile(self, seconds: float, native: bool) -> dict[str, Any]:
         self.log(f"\n== profile: py-spy record on lbproxy, L7 keep-alive, {seconds:g} s")
@@ -1027,6 +1085,41 @@ class Runner:
         self.log(f"   {prof['samples']} samples; unprofiled {unprofiled['rps']:,.0f} req/s, "
                  f"while profiled {prof['rps_profiled']:,.0f} req/s")
         return prof
+
+
+def summarize_perf(text: str, requests: int, top: int = 25) -> dict[str, Any]:
+    """µs per request by (DSO, symbol) from ``perf report --stdio -F overhead,period,dso,sym``
+    output of a cpu-clock recording (whose period is nanoseconds of CPU)."""
+    rows: list[tuple[float, str, str]] = []
+    for line in text.splitlines():
+        match = re.match(r"\s*([\d.]+)%\s+(\d+)\s+(\S+)\s+\[([k.])\]\s+(.*)$", line)
+        if match:
+            dso = "kernel" if match.group(4) == "k" else match.group(3)
+            rows.append((int(match.group(2)) / 1e3 / max(requests, 1), dso, match.group(5).strip()))
+    rows.sort(key=lambda row: -row[0])
+    by_dso: dict[str, float] = {}
+    for us, dso, _ in rows:
+        by_dso[dso] = by_dso.get(dso, 0.0) + us
+    return {"requests": requests, "us_per_request": sum(r[0] for r in rows),
+            "kernel_us": by_dso.get("kernel", 0.0),
+            "by_dso": dict(sorted(by_dso.items(), key=lambda kv: -kv[1])),
+            "top": [{"us": round(us, 3), "dso": dso, "symbol": sym} for us, dso, sym in rows[:top]]}
+
+
+def render_perf(data: dict[str, Any]) -> str:
+    if "skipped" in data:
+        return f"perf: {data['skipped']}"
+    lines = ["Where the CPU goes per L7 keep-alive request (perf record -e cpu-clock; µs/request):", ""]
+    for label, row in data.items():
+        if "error" in row:
+            lines.append(f"- {label}: error: {row['error'].splitlines()[0]}")
+            continue
+        dsos = ", ".join(f"{dso} {us:.2f}" for dso, us in list(row["by_dso"].items())[:5])
+        lines.append(f"- {label}: {row['us_per_request']:.1f} µs ({dsos}); /proc: user "
+                     f"{row['proc_user_us']:.1f}, system {row['proc_sys_us']:.1f}")
+        for item in row["top"][:12]:
+            lines.append(f"    - {item['us']:.2f} {item['dso']} {item['symbol']}")
+    return "\n".join(lines)
 
 
 def parse_strace_summary(text: str) -> dict[str, int]:
@@ -1566,6 +1659,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="after the scenarios, py-spy record lbproxy during L7 keep-alive")
     p.add_argument("--profile-seconds", type=float, default=5.0)
     p.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames too)")
+    p.add_argument("--perf", action="store_true",
+                   help="after the scenarios, perf record each L7 proxy (kernel and user time by symbol)")
+    p.add_argument("--perf-seconds", type=float, default=5.0)
     p.add_argument("--syscalls", action="store_true",
                    help="after the scenarios, count system calls per request of each proxy (strace -c)")
     p.add_argument("--load-cpu", default="0", help="CPU(s) for wrk, iperf3, clients (default 0)")
@@ -1574,6 +1670,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scaling-cpus", default=None,
                    help="CPUs for lbproxy in the scaling scenario (default: all but the load CPU, "
                         "or all CPUs on a 2-core machine)")
+    p.add_argument("--alt-src", type=Path, default=None,
+                   help="a second checkout whose lbproxy runs as 'lbproxy-alt' in the L7 scenarios (A/B in one run)")
     p.add_argument("--lbproxy-src", type=Path, default=ROOT,
                    help="directory holding the lbproxy package to measure (default: this checkout); "
                         "copied when the run starts")
@@ -1596,7 +1694,7 @@ def main(argv: list[str] | None = None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
     idle_l4 = min(args.idle_connections, (hard - 2000) // 2)  # a tcp proxy holds 2 fds per connection
-    scenarios = all_scenarios(args.idle_connections, idle_l4)
+    scenarios = all_scenarios(args.idle_connections, idle_l4, alt=args.alt_src is not None)
     if args.list:
         for sc in scenarios:
             print(f"{sc.key:<14} {sc.title}")
@@ -1635,6 +1733,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(env, args)
     profile: dict[str, Any] | None = None
     syscalls: dict[str, Any] | None = None
+    perf: dict[str, Any] | None = None
     interrupted = ""
     meta: dict[str, Any] = {"date": stamp.isoformat(timespec="seconds"), "duration_s": args.duration,
                             "rounds": args.rounds, "warmup_s": args.warmup, "load_cpu": args.load_cpu,
@@ -1658,6 +1757,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"   !! {sc.key}: {exc}")
         if args.syscalls:
             syscalls = runner.syscalls(3.0)
+        if args.perf:
+            perf = runner.perf(args.perf_seconds)
         if args.profile:
             profile = runner.profile(args.profile_seconds, args.profile_native)
     except (KeyboardInterrupt, Stop):
@@ -1693,10 +1794,11 @@ def main(argv: list[str] | None = None) -> int:
         render_targets(tlist),
     ]
         + ([render_syscalls(syscalls)] if syscalls else [])
+        + ([render_perf(perf)] if perf else [])
         + ([render_profile(profile)] if profile else [])
         + (["Notes:\n" + "\n".join(f"- {n}" for n in notes)] if notes else []))
     doc = {"meta": meta, "scenarios": results, "targets": [t.__dict__ | {"status": t.status} for t in tlist],
-           "profile": profile, "syscalls": syscalls, "notes": notes}
+           "profile": profile, "syscalls": syscalls, "perf": perf, "notes": notes}
     (out_dir / "results.json").write_text(json.dumps(doc, indent=1, default=str))
     (out_dir / "table.md").write_text(text + "\n")
     print("\n" + text + "\n")

@@ -426,12 +426,10 @@ class Exchange:
             raise DownstreamError(f"request body exceeds the limit of {limit} bytes", 413)
         upstream = self.upstream
         if upstream is not None:
-            transport = upstream.transport
-            assert transport is not None
             if self.request_chunked:
-                transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                upstream.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
             else:
-                transport.write(chunk)
+                upstream.write(chunk)
             self.body_sent = True
             upstream.last_activity = self.session.loop.time()
             return
@@ -452,8 +450,7 @@ class Exchange:
             return
         upstream = self.upstream
         if upstream is not None:
-            assert upstream.transport is not None
-            upstream.transport.write(LAST_CHUNK)
+            upstream.write(LAST_CHUNK)
             self.body_sent = True
         else:
             self.buffer.append(LAST_CHUNK)
@@ -547,7 +544,7 @@ class Exchange:
             session = self.session
             version = self._proxy_protocol_version()
             build = proxy_protocol.build_v2 if version == "v2" else proxy_protocol.build_v1
-            conn.transport.write(build((session.client_host, session.client_port), session.local_address))
+            conn.write(build((session.client_host, session.client_port), session.local_address))
         self._attach(conn)
 
     def _proxy_protocol_version(self) -> str | None:
@@ -565,18 +562,16 @@ class Exchange:
         conn.attach(self, timeout if timeout is not None else self.pool.config.response_timeout)
         if session.writing_paused:
             conn.pause_reading()
-        transport = conn.transport
-        assert transport is not None
         buffer = self.buffer
         if buffer:
-            transport.writelines((self.head, *buffer))
+            conn.writelines((self.head, *buffer))
             self.body_sent = True
             self.buffer = []
             self.buffered = 0
             if session.read_paused_by_buffer:
                 session.update_buffer_pause()
         else:
-            transport.write(self.head)
+            conn.write(self.head)
         if self.expect_continue and not self.continue_sent and not self.request_complete:
             self.continue_sent = True
             session.write(CONTINUE)
@@ -813,13 +808,13 @@ class Exchange:
         self.tunnel_buffer = None
         self.buffered = 0
         if pending and self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.writelines(pending)
+            self.upstream.writelines(pending)
         self.session.update_buffer_pause()
 
     def tunnel_from_client(self, data: bytes) -> None:
         upstream = self.upstream
         if self.tunnel_open and upstream is not None and upstream.transport is not None:
-            upstream.transport.write(data)
+            upstream.write(data)
             return
         if self.finished:
             return

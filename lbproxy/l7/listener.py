@@ -16,6 +16,7 @@ from lbproxy.tls.contexts import upstream_context
 from lbproxy.l7.session import LINGER_QUIET, HttpSession
 from lbproxy.l7.upstream import BackendConnections
 from lbproxy.net.listener import BaseListener, NetworkSet
+from lbproxy.net.outbox import Outbox
 from lbproxy.stats import Histogram
 from lbproxy.timers import TimerBatch, batch_delay
 
@@ -30,17 +31,22 @@ FORWARDED_PREFIXES_MAX = 4096  # memoised forwarding prefixes (distinct client a
 
 
 class UpstreamRegistry:
-    """Idle-connection pools, one per backend, shared by every http listener of the daemon."""
+    """Idle-connection pools, one per backend, and the outbox every L7 write goes through
+    (lbproxy.net.outbox: one for the daemon, so a transport's writes keep their order), shared
+    by every http listener of the daemon."""
 
-    __slots__ = ("pools",)
+    __slots__ = ("pools", "outbox")
 
-    def __init__(self) -> None:
+    def __init__(self, outbox: Outbox | None = None) -> None:
         self.pools: dict[Backend, BackendConnections] = {}
+        self.outbox = outbox if outbox is not None else Outbox()
 
     def for_backend(self, backend: Backend, config: PoolConfig) -> BackendConnections:
         conns = self.pools.get(backend)
         if conns is None:
-            conns = BackendConnections(backend, config.max_idle_connections, config.idle_connection_timeout)
+            conns = BackendConnections(
+                backend, config.max_idle_connections, config.idle_connection_timeout, self.outbox
+            )
             self.pools[backend] = conns
         return conns
 
@@ -69,6 +75,7 @@ class HttpListener(BaseListener):
         super().__init__(config, **kwargs)  # type: ignore[arg-type]
         self.loop = asyncio.get_running_loop()
         self.router = RouteTable(config.routes, pools)
+        self.outbox = upstreams.outbox
         self.rng = random.Random()  # weighted splits
         self.rate_limiter = _rate_limiter(config)
         self.scheme = "https" if self.tls is not None else "http"

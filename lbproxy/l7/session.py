@@ -382,37 +382,44 @@ class HttpSession(asyncio.Protocol):
             address = self._local_address = (peer_host(sock), sock[1] if isinstance(sock, tuple) else 0)
         return address
 
+    # Writes go through the daemon's outbox: sent at the end of the event loop's pass, with the
+    # pass's other writes (lbproxy.net.outbox: fewer wake-ups of the peers, issue 8).
+
     def write(self, data: bytes) -> None:
         if self.writable:
             assert self.transport is not None
-            self.listener.stats.bytes_out += len(data)
-            self.transport.write(data)
+            listener = self.listener
+            listener.stats.bytes_out += len(data)
+            listener.outbox.write(self.transport, data)
 
     def write_all(self, parts: list[bytes]) -> None:
         """Write several buffers with one syscall (uvloop's writelines is one writev).
 
         A head and a small body, the usual response, are joined and written with write():
-        copying a few KiB costs less than writelines' iteration and a writev (issue 8)."""
+        copying a few KiB costs less than writelines' iteration and a writev (issue 8).
+        ``parts`` is the caller's no longer: the outbox may hold it until the pass ends."""
         if self.writable:
             transport = self.transport
             assert transport is not None
+            listener = self.listener
             if len(parts) == 2 and len(parts[1]) <= SMALL_WRITE:
                 data = parts[0] + parts[1]
-                self.listener.stats.bytes_out += len(data)
-                transport.write(data)
+                listener.stats.bytes_out += len(data)
+                listener.outbox.write(transport, data)
                 return
-            self.listener.stats.bytes_out += sum(map(len, parts))
+            listener.stats.bytes_out += sum(map(len, parts))
             if len(parts) == 1:
-                transport.write(parts[0])
+                listener.outbox.write(transport, parts[0])
             else:
-                transport.writelines(parts)
+                listener.outbox.writelines(transport, parts)
 
     def writelines(self, parts: tuple[bytes, ...]) -> None:
         """Write a body chunk framed as ``(size line, data, CRLF)``."""
         if self.writable:
             assert self.transport is not None
-            self.listener.stats.bytes_out += len(parts[1])
-            self.transport.writelines(parts)
+            listener = self.listener
+            listener.stats.bytes_out += len(parts[1])
+            listener.outbox.writelines(self.transport, parts)
 
     def finish(self, exchange: Exchange) -> None:
         """An exchange is over (answered, failed or cancelled). Idempotent."""
@@ -454,7 +461,7 @@ class HttpSession(asyncio.Protocol):
         """Close the client connection at once (RST): used when a response can't be completed."""
         self.writable = False
         if self.transport is not None and not self.closed:
-            self.transport.abort()
+            self.listener.outbox.abort(self.transport)
 
     # == Drainable ==============================================================================
 
@@ -663,7 +670,7 @@ class HttpSession(asyncio.Protocol):
         self.writable = False
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.close()
+            self.listener.outbox.close(transport)
             self._set_phase(PHASE_CLOSING, self.listener.limits.client_timeout)
 
     def _close_lingering(self) -> None:
@@ -677,7 +684,7 @@ class HttpSession(asyncio.Protocol):
         self.discarding = True
         self._update_reading()
         try:
-            transport.write_eof()
+            self.listener.outbox.write_eof(transport)
         except (OSError, RuntimeError):
             self._close()
             return

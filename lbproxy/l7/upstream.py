@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import httptools
@@ -31,6 +32,7 @@ import httptools
 from lbproxy.l7 import llhttp  # noqa: F401  (checks what the raw head reading relies on)
 from lbproxy.errors import BadResponse, ResponseTimeout, UpstreamError, UpstreamReset
 from lbproxy.l7.headers import connection_tokens, parse_fields
+from lbproxy.net.outbox import Outbox
 
 if TYPE_CHECKING:
     from lbproxy.l7.exchange import Exchange, PlainVerdict
@@ -59,10 +61,12 @@ class BackendConnections:
         "opened_total",
         "reused_total",
         "closed",
+        "outbox",
     )
 
-    def __init__(self, backend: Backend, max_idle: int, idle_timeout: float) -> None:
+    def __init__(self, backend: Backend, max_idle: int, idle_timeout: float, outbox: Outbox) -> None:
         self.backend = backend
+        self.outbox = outbox  # the daemon's: its connections' writes and closes go through it
         self.idle: list[UpstreamConnection] = []
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
@@ -141,6 +145,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "owner",
         "loop",
+        "outbox",
         "transport",
         "parser",
         "exchange",
@@ -168,6 +173,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, owner: BackendConnections) -> None:
         self.owner = owner
         self.loop = owner.loop
+        self.outbox = owner.outbox
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
@@ -201,12 +207,24 @@ class UpstreamConnection(asyncio.Protocol):
         return not self.closed and not self.dirty and t is not None and not t.is_closing()
 
     def close(self) -> None:
+        """Close after the bytes written (through the outbox) are sent."""
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+            self.outbox.close(self.transport)
 
     def abort(self) -> None:
         if self.transport is not None:
-            self.transport.abort()
+            self.outbox.abort(self.transport)
+
+    def write(self, data: bytes) -> None:
+        """Send request bytes (at the end of the event loop's pass: lbproxy.net.outbox)."""
+        transport = self.transport
+        assert transport is not None
+        self.outbox.write(transport, data)
+
+    def writelines(self, parts: Sequence[bytes]) -> None:
+        transport = self.transport
+        assert transport is not None
+        self.outbox.writelines(transport, parts)
 
     def pause_reading(self) -> None:
         """Stop reading the response: the client can't take more now."""
