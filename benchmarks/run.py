@@ -128,6 +128,23 @@ def tree_rss_kib(root: int) -> int:
     return total
 
 
+def tree_sleeps(root: int) -> int:
+    """Voluntary context switches of ``root``'s process tree (its threads included): how
+    often it went to sleep waiting for events."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            total += int(line.split()[1])
+                            break
+        except OSError:
+            continue
+    return total
+
+
 def cpu_jiffies(cpus: Iterable[int]) -> dict[str, int]:
     """Jiffies of the given CPUs from /proc/stat: busy (not idle, iowait or steal), softirq,
     steal and total."""
@@ -707,11 +724,13 @@ def measured(env: Env, proc: Managed, action: Callable[[], dict[str, Any]]) -> d
     all0 = cpu_ticks_by_pid()
     rss0 = tree_rss_kib(proc.pid)
     user0, sys0 = tree_user_system_seconds(proc.pid)
+    sleeps0 = tree_sleeps(proc.pid)
     load0, proxy0 = cpu_jiffies(load), cpu_jiffies(proxy)
     t0 = time.perf_counter()
     result = action()
     wall = time.perf_counter() - t0
     user1, sys1 = tree_user_system_seconds(proc.pid)
+    result["proxy_sleeps"] = tree_sleeps(proc.pid) - sleeps0
     load1, proxy1 = cpu_jiffies(load), cpu_jiffies(proxy)
     all1 = cpu_ticks_by_pid()
     accepts1 = env.backend_accepts()
@@ -760,6 +779,8 @@ def wrk_metrics(raw: dict[str, Any], close: bool) -> dict[str, Any]:
     out["cpu_us"] = raw["proxy_cpu_s"] * 1e6 / requests
     out["cpu_user_us"] = raw["proxy_user_s"] * 1e6 / requests
     out["cpu_sys_us"] = raw["proxy_sys_s"] * 1e6 / requests
+    if "proxy_sleeps" in raw:
+        out["sleeps_per_req"] = raw["proxy_sleeps"] / requests
     out["gbps"] = raw["bytes"] / seconds / GB
     out["cpu_s_per_gb"] = raw["proxy_cpu_s"] / (raw["bytes"] / GB)
     if close:
@@ -989,17 +1010,19 @@ class Runner:
         return out
 
     # perf: where each proxy's CPU goes, kernel included, during L7 keep-alive
-    def perf(self, seconds: float) -> dict[str, Any]:
+    def perf(self, seconds: float, close: bool = False) -> dict[str, Any]:
         """Sample each L7 proxy with ``perf record -e cpu-clock`` (kernel and user, no hardware
-        counters needed) during keep-alive load: µs per request by symbol, so the system time
-        lbproxy spends beyond haproxy's can be read function by function."""
-        self.log(f"\n== perf: perf record -e cpu-clock during {seconds:g} s of L7 keep-alive, per proxy")
+        counters needed) during keep-alive load (``close``: a new connection per request): µs
+        per request by symbol, so the time lbproxy spends beyond haproxy's can be read function
+        by function."""
+        what = "new connection per request" if close else "keep-alive"
+        self.log(f"\n== perf: perf record -e cpu-clock during {seconds:g} s of L7 {what}, per proxy")
         if not shutil.which("perf"):
             return {"skipped": "perf is not installed (apt-get install -y linux-perf)"}
         out: dict[str, Any] = {}
         for label, key in (("lbproxy", "lbproxy"), ("haproxy", "haproxy-l7"), ("nginx", "nginx-l7"),
-                           ("minimal", "minimal-l7")):
-            if self.env.servers[key].missing:
+                           ("minimal", "minimal-l7"), ("lbproxy-alt", "lbproxy-alt")):
+            if key not in self.env.servers or self.env.servers[key].missing:
                 continue
             port = self.env.servers[key].ports["http"]
             data = self.env.out_dir / f"perf-{label}.data"
@@ -1016,7 +1039,8 @@ class Runner:
                                             stderr=subprocess.PIPE)
                 try:
                     time.sleep(0.5)
-                    wrk = measured(self.env, proc, lambda: run_wrk(self.env, port, seconds, ACTIVE_CLIENTS))
+                    wrk = measured(self.env, proc, lambda: run_wrk(self.env, port, seconds, ACTIVE_CLIENTS,
+                                                                   close=close))
                 finally:
                     recorder.send_signal(signal.SIGINT)
                     recorder.wait(60)
@@ -1214,7 +1238,7 @@ def summarize_folded(text: str, top: int = 15) -> dict[str, Any]:
 # summaries, ratios, targets, table
 
 
-METRICS = ["rps", "p50_ms", "p99_ms", "cpu_us", "cpu_user_us", "cpu_sys_us", "gbps", "cpu_s_per_gb", "conn_per_s",
+METRICS = ["rps", "p50_ms", "p99_ms", "cpu_us", "cpu_user_us", "cpu_sys_us", "sleeps_per_req", "gbps", "cpu_s_per_gb", "conn_per_s",
            "kb_per_conn", "idle", "rps_base", "idle_slowdown", "cpu_us_base", "upstream_conns_per_req", "errors",
            "proxy_busy", "proxy_core_busy", "proxy_core_softirq", "proxy_core_steal", "load_core_busy",
            "load_core_steal", "foreign_cpu_s", "probe_proxy_ms", "probe_load_ms"]
@@ -1414,6 +1438,8 @@ def render_table(results: dict[str, Any]) -> str:
                 note = ratio_text(results, key, rec["kind"], label)
                 if "cpu_user_us" in summary and rec["kind"] in ("wrk", "scaling"):
                     note = (f"user/sys {summary['cpu_user_us']['median']:.1f}/{summary['cpu_sys_us']['median']:.1f} µs"
+                            + (f", sleeps/req {summary['sleeps_per_req']['median']:.2f}" if "sleeps_per_req" in summary
+                               else "")
                             + ("; " if note else "") + note)
                 upstream = summary.get("upstream_conns_per_req", {}).get("median", 0)
                 if rec["kind"] in ("wrk", "idle", "scaling") and key != "l4-connrate" and upstream > 0.01:
@@ -1662,6 +1688,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--perf", action="store_true",
                    help="after the scenarios, perf record each L7 proxy (kernel and user time by symbol)")
     p.add_argument("--perf-seconds", type=float, default=5.0)
+    p.add_argument("--perf-close", action="store_true", help="--perf with a new connection per request")
     p.add_argument("--syscalls", action="store_true",
                    help="after the scenarios, count system calls per request of each proxy (strace -c)")
     p.add_argument("--load-cpu", default="0", help="CPU(s) for wrk, iperf3, clients (default 0)")
@@ -1670,6 +1697,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scaling-cpus", default=None,
                    help="CPUs for lbproxy in the scaling scenario (default: all but the load CPU, "
                         "or all CPUs on a 2-core machine)")
+    p.add_argument("--systems", default="",
+                   help="comma-separated system labels to run (lbproxy,lbproxy-alt,haproxy,...); default all")
     p.add_argument("--alt-src", type=Path, default=None,
                    help="a second checkout whose lbproxy runs as 'lbproxy-alt' in the L7 scenarios (A/B in one run)")
     p.add_argument("--lbproxy-src", type=Path, default=ROOT,
@@ -1710,6 +1739,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown scenario(s): {', '.join(sorted(unknown))}; --list shows them", file=sys.stderr)
             return 2
         chosen = [sc for sc in scenarios if sc.key in wanted]
+    if args.systems:
+        keep = set(args.systems.split(","))
+        for sc in chosen:
+            sc.systems = [system for system in sc.systems if system.label in keep]
     missing = [tool for tool in ("wrk", "taskset") if not shutil.which(tool)]
     if missing:
         print(f"missing: {', '.join(missing)} (apt-get install -y wrk util-linux)", file=sys.stderr)
@@ -1758,7 +1791,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.syscalls:
             syscalls = runner.syscalls(3.0)
         if args.perf:
-            perf = runner.perf(args.perf_seconds)
+            perf = runner.perf(args.perf_seconds, close=args.perf_close)
         if args.profile:
             profile = runner.profile(args.profile_seconds, args.profile_native)
     except (KeyboardInterrupt, Stop):
