@@ -113,19 +113,21 @@ def tree_user_system_seconds(root: int) -> tuple[float, float]:
     return user / CLK_TCK, system / CLK_TCK
 
 
+def status_value(path: str, field: str) -> int:
+    """The number after ``field`` in a /proc status file; 0 if absent or gone."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def tree_rss_kib(root: int) -> int:
     """VmRSS of ``root``'s process tree, in KiB."""
-    total = 0
-    for pid in process_tree(root):
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-                        break
-        except OSError:
-            continue
-    return total
+    return sum(status_value(f"/proc/{pid}/status", "VmRSS:") for pid in process_tree(root))
 
 
 def tree_sleeps(root: int) -> int:
@@ -134,14 +136,10 @@ def tree_sleeps(root: int) -> int:
     total = 0
     for pid in process_tree(root):
         try:
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/status") as f:
-                    for line in f:
-                        if line.startswith("voluntary_ctxt_switches:"):
-                            total += int(line.split()[1])
-                            break
+            tasks = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
+        total += sum(status_value(f"/proc/{pid}/task/{task}/status", "voluntary_ctxt_switches:") for task in tasks)
     return total
 
 
