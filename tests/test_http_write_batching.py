@@ -67,8 +67,16 @@ async def test_the_last_response_arrives_whole_before_the_close(make_daemon, scr
     await conn.close()
 
 
-async def test_a_body_larger_than_the_outbox_holds_arrives_in_order(make_daemon, scripted) -> None:  # type: ignore[no-untyped-def]
+async def test_a_body_larger_than_the_outbox_holds_arrives_in_order(make_daemon, scripted, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     body = b"".join(b"%07d\n" % i for i in range(3 * outbox_module.MAX_HELD_BYTES // 8))
+    held_at_flush: list[int] = []
+    original_flush = outbox_module.Outbox.flush
+
+    def recording_flush(self: outbox_module.Outbox) -> None:
+        held_at_flush.append(self.held_bytes)
+        original_flush(self)
+
+    monkeypatch.setattr(outbox_module.Outbox, "flush", recording_flush)
 
     async def big(conn: BackendConnection, request: Request) -> bool:
         conn.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -86,3 +94,6 @@ async def test_a_body_larger_than_the_outbox_holds_arrives_in_order(make_daemon,
         response = await conn.request(host="a.example")
         assert response.status == 200 and response.body == body
     await conn.close()
+    # The limit bounds what is held: flushes came mid-pass, none far beyond the limit.
+    assert max(held_at_flush) > outbox_module.MAX_HELD_BYTES, held_at_flush
+    assert max(held_at_flush) <= outbox_module.MAX_HELD_BYTES + 300_000, held_at_flush

@@ -97,11 +97,49 @@ async def test_a_closed_or_broken_transport_does_not_hold_back_the_others(caplog
     outbox.write(gone, b"lost")
     outbox.write(broken, b"raises")
     outbox.write(fine, b"kept")
+    outbox.write(broken, b"never after a hole")
     gone.closing = True  # the peer reset it before the pass ended
     with caplog.at_level(logging.ERROR, logger="lbproxy.net.outbox"):
         await asyncio.sleep(0)
-    assert log == [("fine", "write", b"kept")]
+    # The failed write aborts its transport (a reset, not a stream with a hole), and its later
+    # bytes are not sent; the other transport's are.
+    assert log == [("broken", "abort", b""), ("fine", "write", b"kept")]
     assert "write to" in caplog.text and "broken transport" in caplog.text
+
+
+async def test_a_flush_nested_in_a_flush_keeps_the_order() -> None:
+    log: list[tuple[str, str, bytes]] = []
+    outbox = Outbox()
+    b = Recording("b", log)
+
+    class Nesting(Recording):
+        def write(self, data: Any) -> None:
+            super().write(data)
+            outbox.write(b, b"late")  # as a pause_writing callback might: write, then close
+            outbox.close(b)
+
+    a = Nesting("a", log)
+    outbox.write(a, b"first")
+    outbox.write(b, b"early")
+    outbox.flush()
+    assert log == [("a", "write", b"first"), ("b", "write", b"early"), ("b", "write", b"late"), ("b", "close", b"")]
+    assert outbox.held == [] and outbox.sent == 0
+
+
+def test_a_write_outside_a_running_loop_leaves_nothing_scheduled() -> None:
+    outbox = Outbox()
+    with pytest.raises(RuntimeError):
+        outbox.write(Recording("a", []), b"x")
+    assert not outbox.scheduled, "a later pass must still schedule its flush"
+
+
+async def test_a_bytearray_is_written_as_bytes() -> None:
+    log: list[tuple[str, str, bytes]] = []
+    a = Recording("a", log)
+    outbox = Outbox()
+    outbox.write(a, bytearray(b"abc"))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert log == [("a", "write", b"abc")]
 
 
 async def test_flushing_with_nothing_held_does_nothing() -> None:

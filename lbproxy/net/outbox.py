@@ -21,8 +21,9 @@ upstream connection), and the transport is closed through it too (``close``,
 ``write_eof``, ``abort`` flush first), so bytes leave in the order they were written and none is
 lost to a close. Held data must not be mutated afterwards (bytes, or a tuple/list of them that
 the caller no longer touches). Flow control still holds: the transport's ``pause_writing``
-fires when the flush hands it more than its high-water mark, and at most ``MAX_HELD_BYTES`` are
-ever held before a flush.
+fires when the flush hands it more than its high-water mark, and a flush happens as soon as
+more than ``MAX_HELD_BYTES`` are held (so at most that plus one write). A write that fails
+aborts its transport: the peer sees a reset, never a stream with a hole in it.
 """
 
 from __future__ import annotations
@@ -39,23 +40,26 @@ MAX_HELD_BYTES = 256 * 1024  # held beyond this, the outbox flushes at once
 class Outbox:
     """Holds ``(transport, data)`` writes of one event-loop pass and sends them at its end.
 
-    Used from inside the running loop only; it keeps no reference to the loop (it asks for the
-    running one once a pass), so one daemon-wide outbox outlives a test's loop harmlessly."""
+    Used from inside the running loop only, and by one loop: it asks for the running loop once a
+    pass instead of keeping it. (A loop that stops with a pass's flush still pending leaves
+    ``scheduled`` set; the daemon's outbox lives and dies with its loop, and asyncio.Runner runs
+    pending callbacks while it closes.)"""
 
-    __slots__ = ("held", "held_bytes", "scheduled", "_on_pass_end")
+    __slots__ = ("held", "held_bytes", "sent", "scheduled", "_on_pass_end")
 
     def __init__(self) -> None:
         # transport, data, transport, data, ...: flat, so holding a write allocates nothing
         self.held: list[asyncio.WriteTransport | bytes | Sequence[bytes]] = []
         self.held_bytes = 0
+        self.sent = 0  # how far into ``held`` the flush in progress has got
         self.scheduled = False
         self._on_pass_end = self.end_pass  # one bound method, not one per pass
 
     def write(self, transport: asyncio.WriteTransport, data: bytes) -> None:
         """Send ``data`` on ``transport`` at the end of this pass (or sooner: MAX_HELD_BYTES)."""
         if not self.scheduled:
-            self.scheduled = True
             asyncio.get_running_loop().call_soon(self._on_pass_end)
+            self.scheduled = True
         held = self.held
         held.append(transport)
         held.append(data)
@@ -66,8 +70,8 @@ class Outbox:
     def writelines(self, transport: asyncio.WriteTransport, parts: Sequence[bytes]) -> None:
         """``write`` for several buffers, sent with one ``writelines`` (one writev)."""
         if not self.scheduled:
-            self.scheduled = True
             asyncio.get_running_loop().call_soon(self._on_pass_end)
+            self.scheduled = True
         held = self.held
         held.append(transport)
         held.append(parts)
@@ -77,24 +81,36 @@ class Outbox:
 
     def flush(self) -> None:
         """Hand every held write to its transport, in the order written. A transport closed
-        since (the peer reset it) drops its bytes, as its own write() would have."""
+        since (the peer reset it) drops its bytes, as its own write() would have.
+
+        Re-entrant: a write, close or flush made while this one runs (from a transport's
+        ``pause_writing``, say) joins the same queue, behind what is still to be sent."""
         held = self.held
-        if not held:
-            return
-        self.held = []
-        self.held_bytes = 0
-        pairs = iter(held)
-        transport: asyncio.WriteTransport
-        for transport, data in zip(pairs, pairs):  # type: ignore[assignment]
+        while True:
+            index = self.sent  # re-read: a nested flush may have moved it
+            if index >= len(held):
+                break
+            self.sent = index + 2
+            transport: asyncio.WriteTransport = held[index]  # type: ignore[assignment]
+            data = held[index + 1]
             if transport.is_closing():
                 continue
             try:
-                if data.__class__ is bytes:
-                    transport.write(data)
+                if data.__class__ is tuple or data.__class__ is list:
+                    transport.writelines(data)
                 else:
-                    transport.writelines(data)  # type: ignore[arg-type]
-            except Exception:  # one broken transport must not keep the others' bytes back
-                log.exception("write to %r failed", transport)
+                    transport.write(data)  # type: ignore[arg-type]
+            except Exception:
+                # One broken transport must not keep the others' bytes back, and must not
+                # send its later bytes either: a stream with a hole in it would pass for whole.
+                log.exception("write to %r failed; aborting it", transport)
+                try:
+                    transport.abort()
+                except Exception:  # already gone
+                    pass
+        held.clear()
+        self.sent = 0
+        self.held_bytes = 0
 
     def close(self, transport: asyncio.BaseTransport) -> None:
         """Close ``transport`` after the bytes held for it (and any other) are handed over."""
