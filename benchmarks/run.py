@@ -1007,7 +1007,7 @@ class Runner:
                 proc.stop()
         return out
 
-    # perf: where each proxy's CPU goes, kernel included, during L7 keep-alive
+    # perf: where each proxy's CPU goes, kernel included, under L7 keep-alive or new-connection load
     def perf(self, seconds: float, close: bool = False) -> dict[str, Any]:
         """Sample each L7 proxy with ``perf record -e cpu-clock`` (kernel and user, no hardware
         counters needed) during keep-alive load (``close``: a new connection per request): µs

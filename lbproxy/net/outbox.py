@@ -69,6 +69,8 @@ class Outbox:
 
     def writelines(self, transport: asyncio.WriteTransport, parts: Sequence[bytes]) -> None:
         """``write`` for several buffers, sent with one ``writelines`` (one writev)."""
+        # write()'s body again, not a shared helper: the extra call would cost every response
+        # and request head 0.9k instructions (hotpath.py --instructions: 92.1k -> 93.0k).
         if not self.scheduled:
             asyncio.get_running_loop().call_soon(self._on_pass_end)
             self.scheduled = True
