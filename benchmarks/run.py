@@ -1060,23 +1060,29 @@ class Runner:
         return out
 
     # py-spy on lbproxy during L7 keep-alive
-    def profile(self, seconds: float, native: bool) -> dict[str, Any]:
-        self.log(f"\n== profile: py-spy record on lbproxy, L7 keep-alive, {seconds:g} s")
+    def profile(self, seconds: float, native: bool, close: bool = False) -> dict[str, Any]:
+        """py-spy record of lbproxy under L7 keep-alive load (``close``: a new connection per
+        request), written as folded stacks and summarized by function."""
+        what = "new connection per request" if close else "keep-alive"
+        self.log(f"\n== profile: py-spy record on lbproxy, L7 {what}, {seconds:g} s")
         if not shutil.which("py-spy"):
             return {"skipped": "py-spy is not installed (pip install py-spy)"}
         port = self.env.servers["lbproxy"].ports["http"]
         proc = self.env.start("lbproxy")
-        folded = self.env.out_dir / ("pyspy-native.txt" if native else "pyspy.txt")
+        folded = self.env.out_dir / (("pyspy-native" if native else "pyspy") + ("-close" if close else "") + ".txt")
         try:
             self._wrk(proc, port, self.args.warmup)
-            unprofiled = self._wrk(proc, port, self.duration)
+            unprofiled = wrk_metrics(measured(self.env, proc, lambda: run_wrk(
+                self.env, port, self.duration, ACTIVE_CLIENTS, close=close)), False)
             holder: dict[str, Any] = {}
+            close_header = ["-H", "Connection: close"] if close else []
 
             def load_and_record() -> dict[str, Any]:
                 wrk = subprocess.Popen(
                     ["taskset", "-c", self.env.load_cpus, "wrk", "-t1", f"-c{ACTIVE_CLIENTS}",
                      f"-d{wrk_seconds(seconds + 3)}s", "-s", str(REPORT_LUA), "-H", f"Host: {HOST_HEADER}",
-                     f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                     *close_header, f"http://127.0.0.1:{port}/"],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                 try:
                     time.sleep(1)
                     argv = ["taskset", "-c", self.env.load_cpus, "py-spy", "record", "-p", str(proc.pid),
@@ -1683,6 +1689,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="after the scenarios, py-spy record lbproxy during L7 keep-alive")
     p.add_argument("--profile-seconds", type=float, default=5.0)
     p.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames too)")
+    p.add_argument("--profile-close", action="store_true", help="--profile with a new connection per request")
     p.add_argument("--perf", action="store_true",
                    help="after the scenarios, perf record each L7 proxy (kernel and user time by symbol)")
     p.add_argument("--perf-seconds", type=float, default=5.0)
@@ -1791,7 +1798,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.perf:
             perf = runner.perf(args.perf_seconds, close=args.perf_close)
         if args.profile:
-            profile = runner.profile(args.profile_seconds, args.profile_native)
+            profile = runner.profile(args.profile_seconds, args.profile_native, args.profile_close)
     except (KeyboardInterrupt, Stop):
         interrupted = "interrupted: partial results"
         print(f"\n{interrupted}")

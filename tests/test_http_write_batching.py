@@ -6,6 +6,9 @@ pipelined requests)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
 
 from lbproxy.net import outbox as outbox_module
 from tests.backends_misbehaving import (  # noqa: F401  (scripted is a fixture)
@@ -20,18 +23,10 @@ from tests.client import Connection
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 
 
-async def test_responses_ready_in_one_pass_leave_in_one_flush(make_daemon, scripted, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    # The backend holds both requests and answers them from one callback: lbproxy reads both
-    # responses in the same pass, so its two client writes must be handed over in one flush.
-    flushed: list[list[bytes]] = []
-    original_flush = outbox_module.Outbox.flush
-
-    def recording_flush(self: outbox_module.Outbox) -> None:
-        if self.held:
-            flushed.append([data for data in self.held[1::2] if isinstance(data, bytes)])
-        original_flush(self)
-
-    monkeypatch.setattr(outbox_module.Outbox, "flush", recording_flush)
+def answering_two_at_once() -> Callable[[BackendConnection, Request], Awaitable[bool]]:
+    """A backend script that holds the first request until the second arrives, then answers
+    both from one callback (no await between the writes): lbproxy reads both responses in the
+    same event-loop pass."""
     waiting: list[BackendConnection] = []
     both = asyncio.Event()
 
@@ -39,20 +34,64 @@ async def test_responses_ready_in_one_pass_leave_in_one_flush(make_daemon, scrip
         waiting.append(conn)
         if len(waiting) == 2:
             for held in waiting:
-                held.write(RESPONSE)  # no await between: one callback, one pass at the proxy
+                held.write(RESPONSE)
             both.set()
         await both.wait()
         return True
 
-    backend = await scripted(answer_together)
+    return answer_together
+
+
+async def two_clients_answered_at_once(make_daemon, scripted, extra_field: bytes) -> list[Connection]:  # type: ignore[no-untyped-def]
+    """A daemon in front of ``answering_two_at_once``, and two clients that each sent it a GET
+    (with ``extra_field``, a CRLF-terminated header line, or b"")."""
+    backend = await scripted(answering_two_at_once())
     daemon = await make_daemon(proxy_config([backend.port]))
     clients = [await Connection.open(*daemon.listener_address("public")) for _ in range(2)]
     for client in clients:
-        await client.send(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        await client.send(b"GET / HTTP/1.1\r\nHost: a.example\r\n" + extra_field + b"\r\n")
+    return clients
+
+
+def record_flushes(monkeypatch: pytest.MonkeyPatch) -> list[list[object]]:
+    """From now on, each non-empty flush appends the data items it sends (bytes, a tuple or list
+    of them, or the outbox's close marker) to the returned list."""
+    flushed: list[list[object]] = []
+    original_flush = outbox_module.Outbox.flush
+
+    def recording_flush(self: outbox_module.Outbox) -> None:
+        if self.held:
+            flushed.append(list(self.held[1::2]))
+        original_flush(self)
+
+    monkeypatch.setattr(outbox_module.Outbox, "flush", recording_flush)
+    return flushed
+
+
+async def test_responses_ready_in_one_pass_leave_in_one_flush(make_daemon, scripted, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The backend holds both requests and answers them from one callback: lbproxy reads both
+    # responses in the same pass, so its two client writes must be handed over in one flush.
+    flushed = record_flushes(monkeypatch)
+    clients = await two_clients_answered_at_once(make_daemon, scripted, b"")
     responses = await asyncio.gather(*(client.read_response() for client in clients))
     assert [(r.status, r.body) for r in responses] == [(200, b"hello")] * 2
-    together = [batch for batch in flushed if sum(data.startswith(b"HTTP/1.1 200") for data in batch) == 2]
+    together = [
+        batch for batch in flushed if sum(isinstance(data, bytes) and data.startswith(b"HTTP/1.1 200") for data in batch) == 2
+    ]
     assert together, f"the two responses left in separate flushes: {flushed}"
+    for client in clients:
+        await client.close()
+
+
+async def test_closes_after_responses_leave_with_the_pass_not_one_flush_each(make_daemon, scripted, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Two Connection: close clients answered in one pass at the proxy: both responses and both
+    # closes go in one flush (a close that flushed at once would split them).
+    flushed = record_flushes(monkeypatch)
+    clients = await two_clients_answered_at_once(make_daemon, scripted, b"Connection: close\r\n")
+    received = await asyncio.gather(*(read_until_closed(client.reader) for client in clients))
+    assert all(data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"hello") for data in received), received
+    kinds = [["close" if data is outbox_module._CLOSE else "data" for data in batch] for batch in flushed]
+    assert ["data", "close", "data", "close"] in kinds, kinds
     for client in clients:
         await client.close()
 

@@ -147,3 +147,38 @@ async def test_flushing_with_nothing_held_does_nothing() -> None:
     outbox.flush()
     outbox.end_pass()
     assert outbox.held == [] and not outbox.scheduled
+
+
+async def test_a_close_at_pass_end_waits_with_the_writes_and_keeps_their_order() -> None:
+    log: list[tuple[str, str, bytes]] = []
+    a, b = Recording("a", log), Recording("b", log)
+    outbox = Outbox()
+    outbox.write(a, b"last response")
+    outbox.close_at_pass_end(a)
+    outbox.write(b, b"other")  # a later write of the pass is not split off by the close
+    outbox.write(a, b"after the close")  # dropped, as a closed transport's write would be
+    assert log == [], "the close does not flush the pass early"
+    await asyncio.sleep(0)
+    assert log == [("a", "write", b"last response"), ("a", "close", b""), ("b", "write", b"other")]
+
+
+async def test_the_loop_is_asked_for_once_not_each_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CPython 3.11's get_running_loop() makes a getpid() system call: once per pass was measurable.
+    calls = 0
+    real = asyncio.get_running_loop
+
+    def counting() -> asyncio.AbstractEventLoop:
+        nonlocal calls
+        calls += 1
+        return real()
+
+    monkeypatch.setattr(asyncio, "get_running_loop", counting)
+    log: list[tuple[str, str, bytes]] = []
+    a = Recording("a", log)
+    outbox = Outbox()
+    for n in range(3):
+        outbox.write(a, b"%d" % n)
+        outbox.close_at_pass_end(Recording("c", log))
+        await asyncio.sleep(0)
+    assert [entry for entry in log if entry[1] == "write"] == [("a", "write", b"0"), ("a", "write", b"1"), ("a", "write", b"2")]
+    assert calls == 1

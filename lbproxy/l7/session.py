@@ -666,11 +666,14 @@ class HttpSession(asyncio.Protocol):
             self.abort()  # the client never read its last response
 
     def _close(self) -> None:
-        """Close once the write buffer is flushed; abort if that takes longer than client_timeout."""
+        """Close once the write buffer is flushed; abort if that takes longer than client_timeout.
+
+        The close leaves with the pass's held writes (``Outbox.close_at_pass_end``): closing at
+        once would flush them early, one flush per closed connection."""
         self.writable = False
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            self.listener.outbox.close(transport)
+            self.listener.outbox.close_at_pass_end(transport)
             self._set_phase(PHASE_CLOSING, self.listener.limits.client_timeout)
 
     def _close_lingering(self) -> None:

@@ -18,8 +18,8 @@ idle proxy (one event per pass) sends at once, as before.
 Contract: every write to a transport that goes through an outbox goes through the same outbox
 (the daemon's one, held by ``lbproxy.l7.listener.UpstreamRegistry`` for every http listener and
 upstream connection), and the transport is closed through it too (``close``,
-``write_eof``, ``abort`` flush first), so bytes leave in the order they were written and none is
-lost to a close. Held data must not be mutated afterwards (bytes, or a tuple/list of them that
+``write_eof``, ``abort`` flush first; ``close_at_pass_end`` holds the close in line with the
+writes), so bytes leave in the order they were written and none is lost to a close. Held data must not be mutated afterwards (bytes, or a tuple/list of them that
 the caller no longer touches). Flow control still holds: the transport's ``pause_writing``
 fires when the flush hands it more than its high-water mark, and a flush happens as soon as
 more than ``MAX_HELD_BYTES`` are held (so at most that plus one write). A write that fails
@@ -31,34 +31,44 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Final
 
 log = logging.getLogger(__name__)
 
 MAX_HELD_BYTES = 256 * 1024  # held beyond this, the outbox flushes at once
+_CLOSE: Final = object()  # held in place of data: close the transport there
 
 
 class Outbox:
     """Holds ``(transport, data)`` writes of one event-loop pass and sends them at its end.
 
-    Used from inside the running loop only, and by one loop: it asks for the running loop once a
-    pass instead of keeping it. (A loop that stops with a pass's flush still pending leaves
-    ``scheduled`` set; the daemon's outbox lives and dies with its loop, and asyncio.Runner runs
-    pending callbacks while it closes.)"""
+    Used from inside the running loop only, and by one loop: the first write binds the outbox
+    to the running loop. (Asking for the running loop each pass would cost a system call each:
+    CPython 3.11's ``get_running_loop`` calls ``getpid()`` to notice a fork, one syscall per pass
+    of 0.2 µs or more.) A loop that stops with a pass's flush still pending leaves ``scheduled``
+    set; the daemon's outbox lives and dies with its loop, and asyncio.Runner runs pending
+    callbacks while it closes."""
 
-    __slots__ = ("held", "held_bytes", "sent", "scheduled", "_on_pass_end")
+    __slots__ = ("held", "held_bytes", "sent", "scheduled", "loop", "_on_pass_end")
 
     def __init__(self) -> None:
         # transport, data, transport, data, ...: flat, so holding a write allocates nothing
-        self.held: list[asyncio.WriteTransport | bytes | Sequence[bytes]] = []
+        self.held: list[asyncio.WriteTransport | bytes | Sequence[bytes] | object] = []
         self.held_bytes = 0
         self.sent = 0  # how far into ``held`` the flush in progress has got
         self.scheduled = False
+        self.loop: asyncio.AbstractEventLoop | None = None  # bound by the first write
         self._on_pass_end = self.end_pass  # one bound method, not one per pass
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, kept from now on. RuntimeError outside a running loop."""
+        self.loop = loop = asyncio.get_running_loop()
+        return loop
 
     def write(self, transport: asyncio.WriteTransport, data: bytes) -> None:
         """Send ``data`` on ``transport`` at the end of this pass (or sooner: MAX_HELD_BYTES)."""
         if not self.scheduled:
-            asyncio.get_running_loop().call_soon(self._on_pass_end)
+            (self.loop or self._bind_loop()).call_soon(self._on_pass_end)
             self.scheduled = True
         held = self.held
         held.append(transport)
@@ -72,7 +82,7 @@ class Outbox:
         # write()'s body again, not a shared helper: the extra call would cost every response
         # and request head 0.9k instructions (hotpath.py --instructions: 92.1k -> 93.0k).
         if not self.scheduled:
-            asyncio.get_running_loop().call_soon(self._on_pass_end)
+            (self.loop or self._bind_loop()).call_soon(self._on_pass_end)
             self.scheduled = True
         held = self.held
         held.append(transport)
@@ -100,6 +110,8 @@ class Outbox:
             try:
                 if data.__class__ is tuple or data.__class__ is list:
                     transport.writelines(data)
+                elif data is _CLOSE:
+                    transport.close()
                 else:
                     transport.write(data)  # type: ignore[arg-type]
             except Exception:
@@ -118,6 +130,20 @@ class Outbox:
         """Close ``transport`` after the bytes held for it (and any other) are handed over."""
         self.flush()
         transport.close()
+
+    def close_at_pass_end(self, transport: asyncio.WriteTransport) -> None:
+        """Close ``transport`` with this pass's flush, after the bytes held for it.
+
+        Until then ``transport.is_closing()`` is still False: the caller marks its side closed
+        itself (the L7 session's ``writable``). Why: a client connection closed after each
+        response (``Connection: close``) would otherwise flush the pass's writes once per close,
+        splitting them again (issue 8: new connection per request)."""
+        if not self.scheduled:
+            (self.loop or self._bind_loop()).call_soon(self._on_pass_end)
+            self.scheduled = True
+        held = self.held
+        held.append(transport)
+        held.append(_CLOSE)
 
     def write_eof(self, transport: asyncio.WriteTransport) -> None:
         self.flush()
