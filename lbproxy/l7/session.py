@@ -223,6 +223,11 @@ class HttpSession(asyncio.Protocol):
                 self._set_phase(PHASE_HEADERS, limits.request_header_timeout)
 
     def eof_received(self) -> bool:
+        if self.listener.tls is not None:
+            # A TLS client's close_notify: asyncio's SSL layer starts its shutdown as soon as
+            # this returns and drops what is written after, so this pass's held writes (a
+            # response read in the same pass) must reach it now.
+            self.listener.outbox.flush()
         if self.phase == PHASE_LINGER:
             self._close()  # the client stopped sending: the linger is over
             return False
