@@ -9,13 +9,9 @@ import socket
 import ssl
 from pathlib import Path
 
-from tests.backends_misbehaving import (  # noqa: F401  (scripted is a fixture)
-    BackendConnection,
-    Request,
-    proxy_config,
-    scripted,
-)
+from tests.backends_misbehaving import proxy_config, scripted  # noqa: F401  (scripted is a fixture)
 from tests.certs import LocalCA
+from tests.outbox_passes import HeldResponse, stretched_pass, until_held
 
 
 class MemoryTlsClient:
@@ -80,15 +76,8 @@ async def test_a_response_held_when_the_client_sends_close_notify_still_arrives(
 ) -> None:
     ca = LocalCA(tmp_path / "ca")
     cert = ca.issue("shop.test")
-    got_request, release = asyncio.Event(), asyncio.Event()
-
-    async def answer_when_released(conn: BackendConnection, request: Request) -> bool:
-        got_request.set()
-        await release.wait()
-        conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
-        return True
-
-    backend = await scripted(answer_when_released)
+    held = HeldResponse()
+    backend = await scripted(held)
     listener = {"tls": {"certificates": [{"cert": str(cert.cert), "key": str(cert.key)}]}}
     daemon = await make_daemon(proxy_config([backend.port], listener=listener))
     outbox = daemon.upstreams.outbox
@@ -99,20 +88,14 @@ async def test_a_response_held_when_the_client_sends_close_notify_still_arrives(
         async with asyncio.timeout(10):
             await client.handshake()
             await client.send(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
-            await got_request.wait()
-            for _ in range(5):
-                await asyncio.sleep(0)  # let any flush already scheduled run
-            # Stretch lbproxy's pass: no flush is scheduled, so what it writes stays held, as in
-            # a busy pass that reads the response and then the client's close_notify.
-            outbox.scheduled = True
-            release.set()
-            while not outbox.held:
-                await asyncio.sleep(0.01)  # lbproxy has read the response and holds it
-            await client.send_close_notify()
-            await asyncio.sleep(0.2)  # lbproxy reads the close_notify
-            outbox.end_pass()  # the stretched pass ends
+            await held.got_request.wait()
+            # As in a busy pass that reads the response and then the client's close_notify.
+            async with stretched_pass(outbox):
+                held.release.set()
+                await until_held(outbox)  # lbproxy has read the response and holds it
+                await client.send_close_notify()
+                await asyncio.sleep(0.2)  # lbproxy reads the close_notify
             received = await client.read_until_close()
     finally:
-        outbox.scheduled = False
         sock.close()
     assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"hello"), received

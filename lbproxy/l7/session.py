@@ -223,11 +223,11 @@ class HttpSession(asyncio.Protocol):
                 self._set_phase(PHASE_HEADERS, limits.request_header_timeout)
 
     def eof_received(self) -> bool:
-        if self.listener.tls is not None:
-            # A TLS client's close_notify: asyncio's SSL layer starts its shutdown as soon as
-            # this returns and drops what is written after, so this pass's held writes (a
-            # response read in the same pass) must reach it now.
-            self.listener.outbox.flush()
+        # This pass's held writes (a response read in the same pass) must reach the transport
+        # now: returning False makes the transport close itself at once (its held bytes would
+        # then be skipped), and a TLS client's close_notify starts the SSL layer's shutdown
+        # as soon as this returns, which drops what is written after.
+        self.listener.outbox.flush()
         if self.phase == PHASE_LINGER:
             self._close()  # the client stopped sending: the linger is over
             return False
@@ -676,6 +676,7 @@ class HttpSession(asyncio.Protocol):
         The close leaves with the pass's held writes (``Outbox.close_at_pass_end``): closing at
         once would flush them early, one flush per closed connection."""
         self.writable = False
+        self.discarding = True  # until the close happens, what the client sends is dropped
         transport = self.transport
         if transport is not None and not transport.is_closing():
             self.listener.outbox.close_at_pass_end(transport)
