@@ -47,6 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cpu_quota import CpuQuota
+from cpu_quota import available as quotas_available
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CONFIGS = HERE / "configs"
@@ -58,6 +61,8 @@ GB = 1e9  # GB/s and CPU-s/GB use decimal gigabytes
 ACTIVE_CLIENTS = 50
 HAPROXY_MAXPIPES = 256  # splice pipes for haproxy-l4 (default maxconn/4 would eat the fd limit)
 IDLE_SLOWDOWN_LIMIT = 0.9  # "idle connections don't slow active clients": >= 0.9x (noise ~5%)
+LOAD_BOUND = 0.9  # a load core busier than this may be what limits the requests/s
+SCALING_QUOTA = 0.35  # CPU per worker in the scaling scenario when no core per worker is free
 
 
 class BenchError(Exception):
@@ -93,6 +98,14 @@ def process_tree(root: int) -> list[int]:
         pids.extend(children.get(pids[i], ()))
         i += 1
     return pids
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -553,6 +566,7 @@ class Env:
         self.alt_src = self.scratch / "lbproxy-alt-src"  # --alt-src: a second lbproxy, A/B in one run
         self.lbproxy_digest = ""
         self.workers_flag = False
+        self.quotas: list[CpuQuota] = []  # --scaling-quota's cgroups, removed at teardown
         # haproxy 2.6 refuses to start unless ulimit -n >= 2 * maxconn + 2 * maxpipes + a few
         self.haproxy_maxconn = min(12000, (self.fd_limit - 100) // 2)
         self.haproxy_l4_maxconn = min(12000, (self.fd_limit - 100 - 2 * HAPROXY_MAXPIPES) // 2)
@@ -585,8 +599,8 @@ class Env:
         shutil.copytree(self.args.lbproxy_src / "lbproxy", self.lbproxy_src / "lbproxy",
                         ignore=shutil.ignore_patterns("__pycache__"))
         self.lbproxy_digest = tree_digest(self.lbproxy_src / "lbproxy")
-        if self.args.alt_src is not None:
-            shutil.copytree(self.args.alt_src / "lbproxy", self.alt_src / "lbproxy",
+        if self.args.alt_src is not None or self.args.alt_python is not None:
+            shutil.copytree((self.args.alt_src or self.args.lbproxy_src) / "lbproxy", self.alt_src / "lbproxy",
                             ignore=shutil.ignore_patterns("__pycache__"))
         check = subprocess.run([sys.executable, "-m", "lbproxy", "run", "--help"], capture_output=True,
                                text=True, cwd=self.lbproxy_src, env=self.lbproxy_env())
@@ -600,7 +614,7 @@ class Env:
                  "lbproxy-w1": lbproxy_roles, "lbproxy-w2": lbproxy_roles,
                  "haproxy-l7": ["http"], "haproxy-l4": ["tcp", "iperf", "iperf_splice"],
                  "nginx-l7": ["http"], "nginx-stream": ["tcp", "iperf"], "minimal-l7": ["http"]}
-        if self.args.alt_src is not None:
+        if self.args.alt_src is not None or self.args.alt_python is not None:
             roles["lbproxy-alt"] = lbproxy_roles
         count = len(names) + sum(len(r) for r in roles.values())
         ports = iter(free_ports(count, self.args.port_base))
@@ -664,6 +678,8 @@ class Env:
                 if not self.workers_flag:
                     missing = "not available yet: `lbproxy run --help` lists no --workers"
             src = self.alt_src if key == "lbproxy-alt" else self.lbproxy_src
+            if key == "lbproxy-alt" and self.args.alt_python is not None:
+                argv[0] = str(self.args.alt_python)
             return Server(key, argv, ports, cpus, env=self.lbproxy_env(src), cwd=src, missing=missing)
         if key == "minimal-l7":
             argv = [sys.executable, str(HERE / "minimal_proxy.py"), str(ports["http"]),
@@ -698,14 +714,40 @@ class Env:
         try:
             for port in server.ports.values():
                 wait_port(port, proc)
+            if key in ("lbproxy-w1", "lbproxy-w2") and self.args.scaling_quota:
+                self.confine_workers(proc, int(key[-1]), self.args.scaling_quota)
         except BaseException:
             proc.stop()
             raise
         return proc
 
+    def confine_workers(self, proc: Managed, count: int, share: float) -> None:
+        """Hold each of the supervisor's ``count`` workers to ``share`` of a CPU, each in its own
+        cgroup (``cpu_quota``): the scaling scenario's stand-in for a core per worker. With one
+        worker lbproxy runs no supervisor: the process itself is the worker."""
+        workers = [proc.pid]
+        deadline = time.monotonic() + 20
+        while count > 1 and time.monotonic() < deadline:
+            workers = [pid for pid in process_tree(proc.pid)[1:] if b"--worker-channel" in _cmdline(pid)]
+            if len(workers) >= count:
+                break
+            if not proc.alive():
+                raise BenchError(f"{proc.name} exited before its workers started:\n{proc.log_tail()}")
+            time.sleep(0.1)
+        if len(workers) != count:
+            raise BenchError(f"{proc.name}: expected {count} worker processes, found {len(workers)}")
+        for i, pid in enumerate(workers, 1):
+            quota = CpuQuota.create(f"{proc.name}-{i}", share)
+            if quota is None:
+                raise BenchError("--scaling-quota: no writable cgroup cpu controller (needs root)")
+            quota.add(pid)
+            self.quotas.append(quota)
+
     def teardown(self) -> None:
         for proc in list(RUNNING.values()):
             proc.stop()
+        for quota in self.quotas:
+            quota.remove()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
@@ -1355,8 +1397,15 @@ def targets(results: dict[str, Any], env: Env) -> list[Target]:
     scaling = ratio(results, "scaling", "rps", "lbproxy 2 workers", "lbproxy 1 worker")
     detail = "" if env.workers_flag else "not available yet (no --workers)"
     shared = set(parse_cpus(env.args.scaling_cpus)) & set(parse_cpus(env.load_cpus))
-    if env.workers_flag and shared and scaling is not None:
-        load = med(results, "scaling", "lbproxy 2 workers", "load_core_busy")
+    load = med(results, "scaling", "lbproxy 2 workers", "load_core_busy")
+    if env.workers_flag and env.args.scaling_quota and scaling is not None and load is not None:
+        busy = med(results, "scaling", "lbproxy 2 workers", "proxy_busy")
+        limit = "not the limit" if load < LOAD_BOUND else "so the load generator may be a limit: inconclusive"
+        detail = both(paired_detail(results, "scaling", "rps", "lbproxy 2 workers", "lbproxy 1 worker"),
+                      f"each worker held to {env.args.scaling_quota:g} of a CPU by a cgroup quota, on CPU "
+                      f"{env.args.scaling_cpus} (2 workers used {busy:.2f} CPU); load core {load * 100:.0f}% busy "
+                      f"with 2 workers, {limit}")
+    elif env.workers_flag and shared and scaling is not None:
         detail = (f"inconclusive here: the workers share CPU {','.join(map(str, sorted(shared)))} with wrk and the "
                   f"backends (load core {load * 100:.0f}% busy with 2 workers), so the load generator is a limit; "
                   "needs a machine with 3+ cores (--scaling-cpus)" if load is not None else "")
@@ -1661,6 +1710,8 @@ def versions(env: Env) -> dict[str, str]:
             "nginx": out(["nginx", "-v"]) if shutil.which("nginx") else "",
             "wrk": out(["wrk", "-v"]), "iperf3": out(["iperf3", "-v"]) if shutil.which("iperf3") else "",
             "cpus": str(os.cpu_count()), "cpu_model": ""}
+    if env.args.alt_python is not None:
+        info["alt_python"] = out([str(env.args.alt_python), "-c", "import sys; print(sys.version)"])
     for pkg in ("uvloop", "httptools"):
         try:
             info[pkg] = md.version(pkg)
@@ -1702,10 +1753,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scaling-cpus", default=None,
                    help="CPUs for lbproxy in the scaling scenario (default: all but the load CPU, "
                         "or all CPUs on a 2-core machine)")
+    p.add_argument("--scaling-quota", type=float, default=None,
+                   help="hold each lbproxy worker of the scaling scenario to this share of a CPU (cgroup "
+                        f"quota; default {SCALING_QUOTA:g} when fewer than 2 CPUs are free of the load, else "
+                        "off; 0: off)")
     p.add_argument("--systems", default="",
                    help="comma-separated system labels to run (lbproxy,lbproxy-alt,haproxy,...); default all")
     p.add_argument("--alt-src", type=Path, default=None,
                    help="a second checkout whose lbproxy runs as 'lbproxy-alt' in the L7 scenarios (A/B in one run)")
+    p.add_argument("--alt-python", type=Path, default=None,
+                   help="the Python that runs 'lbproxy-alt' (default: this one; with uvloop, httptools, pyyaml "
+                        "and prometheus-client installed); without --alt-src, lbproxy-alt is this checkout")
     p.add_argument("--lbproxy-src", type=Path, default=ROOT,
                    help="directory holding the lbproxy package to measure (default: this checkout); "
                         "copied when the run starts")
@@ -1719,7 +1777,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.scaling_cpus is None:
         ncpu = os.cpu_count() or 1
         rest = [c for c in range(ncpu) if c not in parse_cpus(args.load_cpu)]
-        args.scaling_cpus = ",".join(map(str, rest)) if len(rest) >= 2 else f"0-{ncpu - 1}"
+        if len(rest) >= 2:
+            args.scaling_cpus = ",".join(map(str, rest))
+        elif args.scaling_quota is None and quotas_available():
+            # No core per worker to spare: each worker gets a share of the proxy core instead
+            # (cpu_quota's docstring), and the load keeps its own.
+            args.scaling_quota = SCALING_QUOTA
+            args.scaling_cpus = args.proxy_cpu
+        else:
+            args.scaling_cpus = f"0-{ncpu - 1}"
+    if args.scaling_quota and not quotas_available():
+        p.error("--scaling-quota needs a writable cgroup cpu controller (root)")
     return args
 
 
@@ -1728,7 +1796,7 @@ def main(argv: list[str] | None = None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
     idle_l4 = min(args.idle_connections, (hard - 2000) // 2)  # a tcp proxy holds 2 fds per connection
-    scenarios = all_scenarios(args.idle_connections, idle_l4, alt=args.alt_src is not None)
+    scenarios = all_scenarios(args.idle_connections, idle_l4, alt=args.alt_src is not None or args.alt_python is not None)
     if args.list:
         for sc in scenarios:
             print(f"{sc.key:<14} {sc.title}")
