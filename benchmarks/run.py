@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpu_quota import CpuQuota
+from cpu_quota import IDLE_FILLER, CpuQuota
 from cpu_quota import available as quotas_available
 
 HERE = Path(__file__).resolve().parent
@@ -878,6 +878,12 @@ class Runner:
         procs: dict[str, Managed] = {}
         dead: set[str] = set()
         try:
+            if sc.kind == "scaling" and self.args.scaling_quota:
+                # keeps the quota-held workers' CPU from idling (cpu_quota.IDLE_FILLER)
+                filler = Managed("idle-filler", [sys.executable, "-c", IDLE_FILLER],
+                                 self.env.logs / "idle-filler.log", self.args.scaling_cpus)
+                filler.start()
+                procs["idle-filler"] = filler
             for system in systems:
                 if system.server not in procs:
                     try:
