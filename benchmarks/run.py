@@ -878,12 +878,15 @@ class Runner:
         procs: dict[str, Managed] = {}
         dead: set[str] = set()
         try:
-            if sc.kind == "scaling" and self.args.scaling_quota:
-                # keeps the quota-held workers' CPU from idling (cpu_quota.IDLE_FILLER)
-                filler = Managed("idle-filler", [sys.executable, "-c", IDLE_FILLER],
-                                 self.env.logs / "idle-filler.log", self.args.scaling_cpus)
-                filler.start()
-                procs["idle-filler"] = filler
+            fill = sorted(set(parse_cpus(self.args.scaling_cpus)) - set(parse_cpus(self.env.load_cpus)))
+            if sc.kind == "scaling" and self.args.scaling_quota and fill:
+                # keeps the quota-held workers' CPU from idling (cpu_quota.IDLE_FILLER); never on
+                # the load core, whose busy share says whether the load generator was the limit
+                for cpu in fill:
+                    filler = Managed(f"idle-filler-{cpu}", [sys.executable, "-c", IDLE_FILLER],
+                                     self.env.logs / "idle-filler.log", str(cpu))
+                    filler.start()
+                    procs[filler.name] = filler
             for system in systems:
                 if system.server not in procs:
                     try:
