@@ -104,20 +104,6 @@ class CpuQuota:
         except (OSError, ValueError):
             return []
 
-    def throttled_s(self) -> float:
-        """Seconds the cgroup's processes were held back by the quota so far."""
-        try:
-            text = (self.path / "cpu.stat").read_text()
-        except OSError:
-            return 0.0
-        for line in text.splitlines():
-            key, _, value = line.partition(" ")
-            if key == "throttled_usec":  # v2
-                return int(value) / 1e6
-            if key == "throttled_time":  # v1, nanoseconds
-                return int(value) / 1e9
-        return 0.0
-
     def remove(self, wait: float = 5.0) -> None:
         """Delete the cgroup once its processes have gone (waits up to ``wait`` seconds)."""
         deadline = time.monotonic() + wait

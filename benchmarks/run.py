@@ -497,6 +497,11 @@ class Scenario:
     note: str = ""
 
 
+def wants_alt(args: argparse.Namespace) -> bool:
+    """Whether the run has an ``lbproxy-alt`` system (``--alt-src`` or ``--alt-python``)."""
+    return args.alt_src is not None or args.alt_python is not None
+
+
 def l7(*labels: str) -> list[System]:
     known = {"lbproxy": System("lbproxy", "lbproxy", "http"),
              "lbproxy+log": System("lbproxy+log", "lbproxy-log", "http"),
@@ -599,7 +604,7 @@ class Env:
         shutil.copytree(self.args.lbproxy_src / "lbproxy", self.lbproxy_src / "lbproxy",
                         ignore=shutil.ignore_patterns("__pycache__"))
         self.lbproxy_digest = tree_digest(self.lbproxy_src / "lbproxy")
-        if self.args.alt_src is not None or self.args.alt_python is not None:
+        if wants_alt(self.args):
             shutil.copytree((self.args.alt_src or self.args.lbproxy_src) / "lbproxy", self.alt_src / "lbproxy",
                             ignore=shutil.ignore_patterns("__pycache__"))
         check = subprocess.run([sys.executable, "-m", "lbproxy", "run", "--help"], capture_output=True,
@@ -614,7 +619,7 @@ class Env:
                  "lbproxy-w1": lbproxy_roles, "lbproxy-w2": lbproxy_roles,
                  "haproxy-l7": ["http"], "haproxy-l4": ["tcp", "iperf", "iperf_splice"],
                  "nginx-l7": ["http"], "nginx-stream": ["tcp", "iperf"], "minimal-l7": ["http"]}
-        if self.args.alt_src is not None or self.args.alt_python is not None:
+        if wants_alt(self.args):
             roles["lbproxy-alt"] = lbproxy_roles
         count = len(names) + sum(len(r) for r in roles.values())
         ports = iter(free_ports(count, self.args.port_base))
@@ -1805,7 +1810,7 @@ def main(argv: list[str] | None = None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
     idle_l4 = min(args.idle_connections, (hard - 2000) // 2)  # a tcp proxy holds 2 fds per connection
-    scenarios = all_scenarios(args.idle_connections, idle_l4, alt=args.alt_src is not None or args.alt_python is not None)
+    scenarios = all_scenarios(args.idle_connections, idle_l4, alt=wants_alt(args))
     if args.list:
         for sc in scenarios:
             print(f"{sc.key:<14} {sc.title}")

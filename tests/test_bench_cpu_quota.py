@@ -47,7 +47,6 @@ def test_a_busy_process_is_held_to_its_share() -> None:
         used = (_cpu_seconds(spinner.pid) - before) / (time.monotonic() - t0)
         # Unconfined it would use a whole CPU; CLK_TCK granularity and the period edge allow some slack.
         assert 0.1 < used < 0.3, used
-        assert quota.throttled_s() > 0.5
     finally:
         spinner.kill()
         spinner.wait()
