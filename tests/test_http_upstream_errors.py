@@ -120,6 +120,39 @@ async def test_malformed_body_after_the_head_aborts_the_client(make_daemon, scri
     assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"3\r\nabc\r\n"), "cut, never completed"
 
 
+async def test_unanswered_reset_on_a_fresh_connection_goes_to_another_backend(make_daemon, scripted) -> None:
+    """A backend that resets a new connection before answering (stopped, crashed, restarting):
+    an idempotent request is sent to another backend, as nginx's ``proxy_next_upstream error``
+    does; a POST never is, and ``retries: 0`` turns it off."""
+
+    async def reset_every_request(conn: BackendConnection, request: Request) -> bool:
+        conn.reset()
+        return False
+
+    dying = await scripted(reset_every_request)
+    healthy = await scripted(lambda conn, request: respond(conn, request, body=request.target.encode()))
+    config = proxy_config([dying.port, healthy.port], pool={"outlier_detection": False})
+    daemon = await make_daemon(config)
+    conn = await Connection.open(*daemon.listener_address("public"))
+    for i in range(4):  # round robin: two of them go to the dying backend first
+        r = await conn.request(path=f"/{i}")
+        assert r.status == 200 and r.body == f"/{i}".encode()
+    assert len(dying.requests) == 2 and [r.target for r in healthy.requests] == ["/0", "/1", "/2", "/3"]
+    assert daemon.pools["web"].retries_total == 2
+    dying_backend = next(b for b in daemon.pools["web"].backends if b.config.address.port == dying.port)
+    assert dying_backend.failures_total == 2, "each reset counts against the backend"
+    # a request with a body that went out is not replayed
+    statuses = [(await conn.request("POST", "/p", body=b"data")).status for _ in range(2)]
+    assert sorted(statuses) == [200, 502]
+    await conn.close()
+
+    strict = await make_daemon(proxy_config([dying.port, healthy.port], pool={"retries": 0, "outlier_detection": False}))
+    conn = await Connection.open(*strict.listener_address("public"))
+    statuses = [(await conn.request(path="/s")).status for _ in range(2)]
+    assert sorted(statuses) == [200, 502], "retries: 0 sends nothing elsewhere"
+    await conn.close()
+
+
 async def test_connect_refused_tries_others_then_502_bounded_by_retries(make_daemon) -> None:
     dead = [unused_port() for _ in range(4)]
     daemon = await make_daemon(proxy_config(dead, pool={"retries": 1}))

@@ -114,7 +114,7 @@ class PoolConfig:
     connect_timeout: float = 5.0
     response_timeout: float = 60.0  # L7: from request sent to response head received
     max_response_body_bytes: int | None = None  # L7: a longer (or endless) body is cut; None: no limit
-    retries: int = 2  # further backends tried after a connect failure
+    retries: int = 2  # further backends tried after a connect failure or an unanswered reset (L7, idempotent)
     max_idle_connections: int = 512  # L7 upstream keep-alive connections kept per backend
     idle_connection_timeout: float = 60.0  # an idle upstream connection older than this is closed
     proxy_protocol: ProxyProtocolVersion | None = None

@@ -14,6 +14,10 @@ How this works:
 - The upstream connection calls back ``upstream_head`` / ``upstream_body`` / ``upstream_complete``
   / ``upstream_failed``. The response is re-framed for the client too (chunked for HTTP/1.1 when
   the length is unknown, close-delimited for HTTP/1.0).
+- A backend that fails before answering (connect refused or timed out, or, for an idempotent
+  request whose body wasn't sent, a connection closed or reset before any response byte) is
+  left for another one, up to ``retries`` (``_try_another``); a reused keep-alive connection
+  that dies that way is first retried once on a fresh connection to the same backend.
 - After a ``101`` the exchange becomes a tunnel: raw bytes both ways until either side closes.
 - The session's ``finish`` is called exactly once per exchange; it releases the backend, counts the
   request and moves on to the next exchange or closes the connection.
@@ -529,14 +533,8 @@ class Exchange:
                 conn.close()
             return
         if conn is None:
-            assert error is not None and self.backend is not None
-            self.backend.note_failure(error.kind)
-            self.backend.release()
-            self.backend = None
-            self.last_error = error
-            if self.pool is not None:
-                self.pool.retries_total += 1  # counted as a retry when another attempt follows
-            self._dispatch()
+            assert error is not None
+            self._try_another(error)
             return
         if self._sends_proxy_header():
             conn.dirty = True  # the header names this client: never reuse for another
@@ -546,6 +544,18 @@ class Exchange:
             build = proxy_protocol.build_v2 if version == "v2" else proxy_protocol.build_v1
             conn.write(build((session.client_host, session.client_port), session.local_address))
         self._attach(conn)
+
+    def _try_another(self, error: UpstreamError) -> None:
+        """The current backend failed before answering (``error``): count it against the
+        backend, and dispatch again, to a backend not tried yet, within ``retries``."""
+        backend = self.backend
+        assert backend is not None and self.pool is not None
+        backend.note_failure(error.kind)
+        backend.release()
+        self.backend = None
+        self.last_error = error
+        self.pool.retries_total += 1  # counted as a retry when another attempt follows
+        self._dispatch()
 
     def _proxy_protocol_version(self) -> str | None:
         assert self.pool is not None and self.backend is not None
@@ -770,21 +780,28 @@ class Exchange:
         self.response_complete = True
         self.session.finish(self)
 
-    def upstream_failed(self, error: UpstreamError, retryable: bool) -> None:
+    def upstream_failed(self, error: UpstreamError, unanswered: bool, reused: bool = False) -> None:
         """The upstream connection broke or timed out while serving this exchange.
 
-        ``retryable``: the connection was a reused one and nothing of a response came back, so
-        the backend most likely closed it while idle; an idempotent request whose body was not
-        sent is then tried once more on a fresh connection."""
+        ``unanswered``: the backend closed or reset the connection before any byte of a
+        response, so an idempotent request whose body was not sent can be sent again (nginx's
+        ``proxy_next_upstream error``). On a ``reused`` connection the backend most likely
+        closed it while idle: the request goes once more to the same backend, on a fresh
+        connection. On a fresh one the backend itself failed (stopped, crashed, restarting):
+        the request goes to another backend, within ``retries``, as after a connect failure."""
         self.upstream = None
         if self.finished:
             return
-        if retryable and not self.retried and not self.body_sent and self.method in IDEMPOTENT:
-            self.retried = True
+        if unanswered and not self.body_sent and self.method in IDEMPOTENT:
             assert self.backend is not None and self.pool is not None
-            self.pool.retries_total += 1
-            self._dial(self.backend)
-            return
+            if not reused:
+                self._try_another(error)
+                return
+            if not self.retried:
+                self.retried = True
+                self.pool.retries_total += 1
+                self._dial(self.backend)
+                return
         if self.backend is not None:
             self.backend.note_failure(error.kind)
         self._fail(error)

@@ -349,10 +349,10 @@ class UpstreamConnection(asyncio.Protocol):
         elif exchange.response_close_delimited and self.status and not self.interim and exc is None:
             exchange.upstream_complete()
         else:
-            reused = self.uses > 1
             exchange.upstream_failed(
                 UpstreamReset("backend closed the connection" if exc is None else f"backend connection error: {exc}"),
-                retryable=reused and not self.received,
+                unanswered=not self.received,
+                reused=self.uses > 1,
             )
 
     def pause_writing(self) -> None:
@@ -493,7 +493,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.dirty = True
         self.abort()
         if exchange is not None:
-            exchange.upstream_failed(error, retryable=False)  # type: ignore[arg-type]
+            exchange.upstream_failed(error, unanswered=False)  # type: ignore[arg-type]
 
     def _on_timer(self) -> None:
         self.timer = None
