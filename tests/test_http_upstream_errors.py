@@ -162,6 +162,7 @@ async def test_connect_refused_tries_others_then_502_bounded_by_retries(make_dae
     await conn.close()
     (pool,) = daemon.pools.values()
     assert sorted(b.failures_total for b in pool.backends) == [0, 0, 1, 1], "1 try + 1 retry"
+    assert pool.retries_total == 1, "a retry is counted when it is made, not when an attempt fails"
 
 
 async def test_no_available_backend_is_503(make_daemon, scripted) -> None:

@@ -100,6 +100,7 @@ async def test_failover_is_bounded_by_retries(make_daemon, tcp_backends) -> None
     backends = daemon.pools["echo"].backends
     assert [b.failures_total for b in backends] == [1, 1, 1, 0, 0]
     assert all(b.active == 0 for b in backends)
+    assert daemon.pools["echo"].retries_total == 2, "3 attempts: 2 retries, none counted for the give-up"
 
 
 async def test_client_reset_resets_the_backend_connection(make_daemon, recording_backend) -> None:

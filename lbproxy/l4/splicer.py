@@ -486,6 +486,8 @@ class TcpSession(asyncio.Protocol):
                 log.info("listener %s: giving up on pool %s: %s", self.listener.name, pool.name, error)
             self._end("no_backend" if error is None else error.kind)
             return
+        if self.tried:
+            pool.retries_total += 1  # another attempt after a failed one
         self.tried.append(backend)
         backend.acquire()
         self.backend = backend
@@ -517,7 +519,6 @@ class TcpSession(asyncio.Protocol):
             self.backend.note_failure(error.kind)
             self._release_backend()
             if not client_gone:
-                self.pool.retries_total += 1
                 self._dial_next(error)
             return
         assert upstream.transport is not None

@@ -498,6 +498,8 @@ class Exchange:
             error = self.last_error or NoBackend(f"no available backend in pool {pool.name}")
             self._fail(error)
             return
+        if self.tried:
+            pool.retries_total += 1  # another attempt after a failed one
         self.tried += (backend,)
         backend.acquire()
         self.backend = backend
@@ -554,7 +556,6 @@ class Exchange:
         backend.release()
         self.backend = None
         self.last_error = error
-        self.pool.retries_total += 1  # counted as a retry when another attempt follows
         self._dispatch()
 
     def _proxy_protocol_version(self) -> str | None:

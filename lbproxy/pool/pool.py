@@ -23,7 +23,7 @@ class Pool:
         self.by_label: dict[str, Backend] = {b.label: b for b in self.backends}
         self.strategy: Strategy = create_strategy(_picking_strategy(config), self.backends)
         self.no_backend_total = 0
-        self.retries_total = 0  # another attempt after a failed one (connect failover, stale reuse)
+        self.retries_total = 0  # attempts made after a failed one (failover, stale reuse), counted when made
         self.connect_durations = Histogram()  # seconds to establish upstream connections
 
     def reconfigure(self, config: PoolConfig) -> tuple[list[Backend], list[Backend]]:
