@@ -114,7 +114,9 @@ class TcpUpstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         session = self.session
-        if session is not None:
+        # Lost while the dial is still in progress: the Dial reports it (UpstreamReset) and
+        # the session tries the next backend, as for a refused connect.
+        if session is not None and session.connecting is not self:
             session.upstream_lost(exc)
 
     def pause_writing(self) -> None:

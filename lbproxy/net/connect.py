@@ -13,7 +13,7 @@ import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from lbproxy.errors import ConnectRefused, ConnectTimeout, UpstreamError
+from lbproxy.errors import ConnectRefused, ConnectTimeout, UpstreamError, UpstreamReset
 from lbproxy.stats import Histogram
 
 if TYPE_CHECKING:
@@ -23,7 +23,10 @@ P = TypeVar("P", bound=asyncio.Protocol)
 
 
 class Dial(Generic[P]):
-    """One connect attempt in progress. ``cancel()`` abandons it (a late success is closed)."""
+    """One connect attempt in progress. ``cancel()`` abandons it (a late success is closed).
+
+    The callback gets a protocol whose transport is open, or an error: a connection the peer
+    closed or reset before the attempt completed is reported as ``UpstreamReset``."""
 
     __slots__ = ("_task", "_timer", "_callback", "_done", "started", "target", "_loop", "_durations")
 
@@ -91,10 +94,18 @@ class Dial(Generic[P]):
         self._clear_timer()
         if exc is not None:
             self._callback(None, translate_connect_error(exc, self.target))
-        else:
-            if self._durations is not None:
-                self._durations.observe(self._loop.time() - self.started)
-            self._callback(task.result()[1], None)
+            return
+        transport, protocol = task.result()
+        if transport.is_closing():
+            # Connected, then closed before this callback: a backend whose listening socket
+            # closed with us in its accept queue (a stopping server) resets at once. The
+            # protocol has had its connection_lost already, so handing it over as connected
+            # would leave its user waiting for events that never come: a failed connect.
+            self._callback(None, UpstreamReset(f"{self.target} closed the connection right after connect"))
+            return
+        if self._durations is not None:
+            self._durations.observe(self._loop.time() - self.started)
+        self._callback(protocol, None)
 
 
 def translate_connect_error(exc: BaseException, target: str) -> UpstreamError:
