@@ -551,7 +551,7 @@ class Exchange:
         """The current backend failed before answering (``error``): count it against the
         backend, and dispatch again, to a backend not tried yet, within ``retries``."""
         backend = self.backend
-        assert backend is not None and self.pool is not None
+        assert backend is not None
         backend.note_failure(error.kind)
         backend.release()
         self.backend = None
