@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -389,6 +390,73 @@ def wrk_seconds(duration: float) -> int:
     return max(1, round(duration))
 
 
+H2LOAD_FINISHED = re.compile(r"^finished in ([\d.]+)(us|ms|s),", re.M)
+H2LOAD_REQUESTS = re.compile(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                             r"(\d+) failed, (\d+) errored, (\d+) timeout", re.M)
+H2LOAD_STATUS = re.compile(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", re.M)
+H2LOAD_REQUEST_TIME = re.compile(r"^time for request:\s+(\S+)\s+(\S+)\s+(\S+)", re.M)
+_UNIT_US = {"us": 1.0, "ms": 1e3, "s": 1e6}
+
+
+def _h2load_us(text: str) -> float:
+    """h2load's durations: '247us', '5.20ms', '1.02s'."""
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        raise BenchError(f"unreadable h2load duration {text!r}")
+    return float(match.group(1)) * _UNIT_US[match.group(2)]
+
+
+def parse_h2load(text: str) -> dict[str, Any]:
+    """The figures of one h2load run, from its summary: requests (succeeded), duration_us,
+    failed/errored/timeouts, non-2xx statuses, request time min/max/mean in ms."""
+    finished, requests = H2LOAD_FINISHED.search(text), H2LOAD_REQUESTS.search(text)
+    status, timing = H2LOAD_STATUS.search(text), H2LOAD_REQUEST_TIME.search(text)
+    if finished is None or requests is None or status is None:
+        raise BenchError(f"h2load printed no summary: {text.strip()[-500:]}")
+    total, _started, done, succeeded, failed, errored, timeouts = map(int, requests.groups())
+    ok2xx = int(status.group(1))
+    out: dict[str, Any] = {
+        "requests": succeeded, "planned": total, "unfinished": total - done, "failed": failed,
+        "errored": errored, "timeouts": timeouts, "status_errors": succeeded - ok2xx,
+        "duration_us": _h2load_us(finished.group(1) + finished.group(2)),
+    }
+    if timing is not None:
+        out["min_ms"], out["max_ms"], out["mean_ms"] = (_h2load_us(v) / 1e3 for v in timing.groups())
+    return out
+
+
+def h2load_rate_args(rate: int) -> tuple[int, int]:
+    """(connections per period, period in ms) giving ``rate`` new connections per second in the
+    smallest bursts h2load allows: whole connections every whole millisecond (6,000/s: 6 every
+    1 ms; 2,500/s: 5 every 2 ms)."""
+    if rate <= 0:
+        raise ValueError(f"rate must be positive, not {rate}")
+    step = math.gcd(rate, 1000)
+    return rate // step, 1000 // step
+
+
+def run_h2load_rate(env: Env, port: int, duration: float, rate: int) -> dict[str, Any]:
+    """Open ``rate`` connections per second for ``duration`` seconds, one request each with
+    ``Connection: close`` (open loop: arrivals don't wait for answers), and return
+    ``parse_h2load``'s figures plus ``rate`` and ``errors``."""
+    per, period_ms = h2load_rate_args(rate)
+    count = max(per, round(rate * duration))
+    argv = ["taskset", "-c", env.load_cpus, "h2load", "--h1", "-n", str(count), "-c", str(count),
+            "-r", str(per), "--rate-period", f"{period_ms}ms", "-T", "5s",
+            # h2load sends Host from :authority; a -H Host would be a second Host field
+            "-H", f":authority: {HOST_HEADER}", "-H", "Connection: close", f"http://127.0.0.1:{port}/"]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"h2load did not finish within {duration + 60:g}s") from None
+    if out.returncode != 0:
+        raise BenchError(f"h2load failed (exit {out.returncode}): {(out.stderr + out.stdout).strip()[-500:]}")
+    data = parse_h2load(out.stdout)
+    data["rate"] = rate
+    data["errors"] = data["failed"] + data["errored"] + data["timeouts"] + data["status_errors"] + data["unfinished"]
+    return data
+
+
 def run_iperf(env: Env, port: int, duration: float, streams: int) -> dict[str, Any]:
     argv = ["taskset", "-c", env.load_cpus, "iperf3", "-c", "127.0.0.1", "-p", str(port),
             "-t", f"{duration:g}", "-P", str(streams), "-J"]
@@ -487,13 +555,14 @@ class System:
 class Scenario:
     key: str
     title: str
-    kind: str  # wrk | iperf | idle | scaling
+    kind: str  # wrk | rate | iperf | idle | scaling
     systems: list[System]
     connections: int = ACTIVE_CLIENTS
     path: str = "/"
     close: bool = False
     streams: int = 1
     idle: int = 0  # idle connections (idle scenarios)
+    rate: int = 0  # new connections per second (rate scenarios)
     note: str = ""
 
 
@@ -522,12 +591,20 @@ def l4(*labels: str, role: str = "tcp") -> list[System]:
     return [known[label] for label in labels]
 
 
-def all_scenarios(idle_l7: int, idle_l4: int, alt: bool = False) -> list[Scenario]:
+def all_scenarios(idle_l7: int, idle_l4: int, alt: bool = False, newconn_rate: int = 6000) -> list[Scenario]:
     every_l7 = l7("lbproxy", "lbproxy+log", "haproxy", "nginx", "minimal", *(["lbproxy-alt"] if alt else []))
     return [
         Scenario("l7-keepalive", "L7 keep-alive, 12-byte responses, 50 clients", "wrk", every_l7),
         Scenario("l7-newconn", "L7 new connection per request (Connection: close), 50 clients", "wrk",
                  every_l7, close=True),
+        # The same work at an equal, open-loop load: wrk's closed loop gives each proxy the rate it
+        # can carry, so a slower proxy is measured saturated and a faster one with idle time between
+        # events; a fixed arrival rate below every proxy's capacity compares the work per connection
+        # alone (what capacity planning needs: CPU at N connections/s).
+        Scenario("l7-newconn-rate", f"L7 new connection per request at a fixed {newconn_rate:,} connections/s "
+                 "(h2load, open loop)", "rate",
+                 l7("lbproxy", "haproxy", "nginx", "minimal", *(["lbproxy-alt"] if alt else [])), close=True,
+                 rate=newconn_rate),
         Scenario("l7-64k", "L7 keep-alive, 64 KiB responses, 50 clients", "wrk", every_l7, path="/64k"),
         Scenario("l7-1000", "L7 keep-alive, 1,000 clients", "wrk", every_l7, connections=1000),
         Scenario("l4-keepalive", "L4 (tcp mode) keep-alive HTTP, 50 clients", "wrk",
@@ -836,6 +913,26 @@ def wrk_metrics(raw: dict[str, Any], close: bool) -> dict[str, Any]:
     return out
 
 
+def rate_metrics(raw: dict[str, Any]) -> dict[str, Any]:
+    """Per-connection figures of a ``run_h2load_rate`` run (one request per connection);
+    ``sustained`` is the rate carried over the rate asked."""
+    requests = raw["requests"]
+    if requests <= 0:
+        raise BenchError(f"no requests completed: {raw}")
+    out = dict(raw)
+    out["rps"] = out["conn_per_s"] = requests / (raw["duration_us"] / 1e6)
+    out["sustained"] = out["rps"] / raw["rate"]
+    out["cpu_us"] = raw["proxy_cpu_s"] * 1e6 / requests
+    out["cpu_user_us"] = raw["proxy_user_s"] * 1e6 / requests
+    out["cpu_sys_us"] = raw["proxy_sys_s"] * 1e6 / requests
+    if "proxy_sleeps" in raw:
+        out["sleeps_per_req"] = raw["proxy_sleeps"] / requests
+    return out
+
+
+SUSTAINED = 0.97  # a rate run carrying less than this share of the rate asked was saturated
+
+
 class Runner:
     def __init__(self, env: Env, args: argparse.Namespace) -> None:
         self.env = env
@@ -866,6 +963,10 @@ class Runner:
         if sc.kind == "iperf" and not shutil.which("iperf3"):
             rec["skipped"] = "iperf3 is not installed"
             self.log("   skipped: iperf3 is not installed")
+            return rec
+        if sc.kind == "rate" and not shutil.which("h2load"):
+            rec["skipped"] = "h2load is not installed (apt-get install -y nghttp2-client)"
+            self.log(f"   skipped: {rec['skipped']}")
             return rec
         if not systems:
             rec["skipped"] = "; ".join({e.get("skipped", "") for e in rec["systems"].values()})
@@ -936,6 +1037,10 @@ class Runner:
             raw["gbps"] = raw["bytes"] / raw["seconds"] / GB
             raw["cpu_s_per_gb"] = raw["proxy_cpu_s"] / (raw["bytes"] / GB)
             return raw
+        if sc.kind == "rate":
+            out = rate_metrics(measured(self.env, proc, lambda: run_h2load_rate(self.env, port, duration, sc.rate)))
+            time.sleep(0.3)
+            return out
         raw = measured(self.env, proc, lambda: run_wrk(self.env, port, duration, sc.connections, sc.path, sc.close))
         out = wrk_metrics(raw, sc.close)
         if system.server == "lbproxy-log":
@@ -1223,6 +1328,9 @@ def describe(sc: Scenario, run: dict[str, Any]) -> str:
     if sc.kind == "iperf":
         return f"{run['gbps']:.2f} GB/s, {run['cpu_s_per_gb']:.2f} CPU-s/GB, {busy}"
     errors = f", {run['errors']:,} ERRORS" if run.get("errors") else ""
+    if sc.kind == "rate":
+        return (f"{run['conn_per_s']:,.0f} conn/s of {run['rate']:,}, mean {run.get('mean_ms', 0):.2f} ms, "
+                f"{run['cpu_us']:.1f} µs/conn, {busy}{errors}")
     if sc.kind == "idle":
         return (f"{run['idle']:,} idle: {run['kb_per_conn']:.2f} KB/conn (opened in {run['open_s']:.1f} s); "
                 f"req/s {run['rps_before']:,.0f} without, {run['rps']:,.0f} with, {run['rps_after']:,.0f} without; "
@@ -1391,7 +1499,7 @@ def targets(results: dict[str, Any], env: Env) -> list[Target]:
         Target("L7 keep-alive: requests/s vs haproxy", ratio(results, "l7-keepalive", "rps"), 0.7, False,
                detail=both(paired_detail(results, "l7-keepalive", "rps"), load_bound_detail(results, "l7-keepalive"))),
         Target("L7 new connection: CPU/connection vs haproxy", ratio(results, "l7-newconn", "cpu_us"), 1.5, True,
-               detail=paired_detail(results, "l7-newconn", "cpu_us")),
+               detail=both(paired_detail(results, "l7-newconn", "cpu_us"), rate_detail(results))),
         Target("L4 keep-alive: CPU/request vs haproxy tcp", ratio(results, "l4-keepalive", "cpu_us"), 1.3, True,
                detail=paired_detail(results, "l4-keepalive", "cpu_us")),
     ]
@@ -1461,7 +1569,7 @@ def ratio_text(results: dict[str, Any], key: str, kind: str, label: str) -> str:
         if "idle" in s and s["idle"]["median"] != 0:
             parts.append(f"N={s['idle']['median']:,.0f}")
     if (label.startswith("lbproxy") or label == "minimal") and "haproxy" in rec["systems"] and kind != "scaling":
-        ref_metrics = {"wrk": [("cpu_us", "CPU"), ("rps", "req/s")],
+        ref_metrics = {"wrk": [("cpu_us", "CPU"), ("rps", "req/s")], "rate": [("cpu_us", "CPU")],
                        "iperf": [("gbps", "GB/s"), ("cpu_s_per_gb", "CPU/GB")],
                        "idle": [("kb_per_conn", "KB")]}[kind]
         if key == "l7-64k":
@@ -1492,7 +1600,7 @@ def render_table(results: dict[str, Any]) -> str:
             elif not summary:
                 cells = [""] * len(COLUMNS) + ["", "FAILED: " + "; ".join(e.splitlines()[0] for e in entry["errors"])]
             else:
-                shown = {"iperf": ("gbps", "cpu_s_per_gb"),
+                shown = {"iperf": ("gbps", "cpu_s_per_gb"), "rate": ("rps", "cpu_us", "conn_per_s"),
                          "idle": ("rps", "p50_ms", "p99_ms", "cpu_us", "kb_per_conn")}.get(rec["kind"])
                 cols = [c for c in COLUMNS if shown is None or c[1] in shown]
                 cells = [cell(summary, m, k) if (h, m, k) in cols else "" for h, m, k in COLUMNS]
@@ -1503,7 +1611,7 @@ def render_table(results: dict[str, Any]) -> str:
                     busy = (f"{summary['proxy_core_busy']['median'] * 100:.0f}% / "
                             f"{summary['load_core_busy']['median'] * 100:.0f}%")
                 note = ratio_text(results, key, rec["kind"], label)
-                if "cpu_user_us" in summary and rec["kind"] in ("wrk", "scaling"):
+                if "cpu_user_us" in summary and rec["kind"] in ("wrk", "rate", "scaling"):
                     note = (f"user/sys {summary['cpu_user_us']['median']:.1f}/{summary['cpu_sys_us']['median']:.1f} µs"
                             + (f", sleeps/req {summary['sleeps_per_req']['median']:.2f}" if "sleeps_per_req" in summary
                                else "")
@@ -1567,6 +1675,31 @@ def memory_notes(results: dict[str, Any]) -> list[str]:
                              f"measured runs ({growth * 1024 / requests:.1f} bytes per request), from "
                              f"{runs[0]['rss_kib_before']:,} KiB")
     return notes
+
+
+def rate_detail(results: dict[str, Any], key: str = "l7-newconn-rate") -> str:
+    """The fixed-rate scenario's ratio, for the new-connection target's detail."""
+    r = ratio(results, key, "cpu_us")
+    rec = results.get(key, {})
+    if r is None or not rec.get("systems"):
+        return ""
+    rate = next((run["rate"] for e in rec["systems"].values() for run in e.get("runs", [])), 0)
+    return f"at an equal, fixed {rate:,} conn/s ({key}, not the target's method) {r:.2f}x"
+
+
+def rate_notes(results: dict[str, Any]) -> list[str]:
+    """Rate runs that could not carry the rate asked: their CPU per connection is not at equal load."""
+    out = []
+    for key, rec in results.items():
+        if rec.get("kind") != "rate":
+            continue
+        for label, entry in rec.get("systems", {}).items():
+            short = [r for r in entry.get("runs", []) if r.get("sustained", 1.0) < SUSTAINED]
+            if short:
+                worst = min(r["sustained"] for r in short)
+                out.append(f"{key} / {label}: {len(short)} of {len(entry['runs'])} runs carried less than "
+                           f"{SUSTAINED:.0%} of the rate asked (down to {worst:.0%}): saturated, so not at equal load")
+    return out
 
 
 def floor_notes(results: dict[str, Any]) -> list[str]:
@@ -1664,7 +1797,7 @@ def write_chart(results: dict[str, Any], path: Path) -> str:
     for key, rec in results.items():
         if rec.get("skipped"):
             continue
-        cost, thru = {"wrk": ("cpu_us", "rps"), "iperf": ("cpu_s_per_gb", "gbps"), "idle": ("kb_per_conn", "rps"),
+        cost, thru = {"wrk": ("cpu_us", "rps"), "rate": ("cpu_us", "rps"), "iperf": ("cpu_s_per_gb", "gbps"), "idle": ("kb_per_conn", "rps"),
                       "scaling": ("cpu_us", "rps")}[rec["kind"]]
         labels = {"cpu_us": "proxy CPU µs/request", "rps": "requests/s", "cpu_s_per_gb": "proxy CPU-s/GB",
                   "gbps": "GB/s", "kb_per_conn": "KB per idle connection"}
@@ -1750,6 +1883,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated scenario keys, or 'all' (default), or 'none' with --profile")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--idle-connections", type=int, default=10000, help="idle connections for idle-l7")
+    p.add_argument("--newconn-rate", type=int, default=6000,
+                   help="connections per second of l7-newconn-rate (default 6000: below every proxy's "
+                        "capacity on a 2-core machine; whole thousands keep the arrivals smooth)")
     p.add_argument("--profile", action="store_true",
                    help="after the scenarios, py-spy record lbproxy during L7 keep-alive")
     p.add_argument("--profile-seconds", type=float, default=5.0)
@@ -1810,10 +1946,10 @@ def main(argv: list[str] | None = None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
     idle_l4 = min(args.idle_connections, (hard - 2000) // 2)  # a tcp proxy holds 2 fds per connection
-    scenarios = all_scenarios(args.idle_connections, idle_l4, alt=wants_alt(args))
+    scenarios = all_scenarios(args.idle_connections, idle_l4, alt=wants_alt(args), newconn_rate=args.newconn_rate)
     if args.list:
         for sc in scenarios:
-            print(f"{sc.key:<14} {sc.title}")
+            print(f"{sc.key:<16} {sc.title}")
         return 0
     if args.scenarios == "all":
         chosen = scenarios
@@ -1901,7 +2037,7 @@ def main(argv: list[str] | None = None) -> int:
     if not env.workers_flag and any(sc.key == "scaling" for sc in chosen):
         results.setdefault("scaling", {"title": "lbproxy 1 vs 2 workers", "kind": "scaling", "systems": {}})
         results["scaling"]["skipped"] = "not available yet: `python -m lbproxy run --help` lists no --workers"
-    notes += floor_notes(results) + metric_notes(results) + memory_notes(results) + noise_notes(results)
+    notes += floor_notes(results) + rate_notes(results) + metric_notes(results) + memory_notes(results) + noise_notes(results)
     text = "\n\n".join([
         f"Run {meta['date']} ({args.duration:g} s × {args.rounds} rounds; "
         f"{meta['versions'].get('lbproxy', '')} at {meta['versions'].get('commit', '')}"
