@@ -889,6 +889,15 @@ def _share(before: dict[str, int], after: dict[str, int], what: str) -> float:
     return (after[what] - before[what]) / total if total else 0.0
 
 
+def proxy_cost_per_request(raw: dict[str, Any], requests: int) -> dict[str, float]:
+    """``measured``'s proxy CPU (total, user, system; µs) and sleeps, per request."""
+    out = {"cpu_us": raw["proxy_cpu_s"] * 1e6 / requests, "cpu_user_us": raw["proxy_user_s"] * 1e6 / requests,
+           "cpu_sys_us": raw["proxy_sys_s"] * 1e6 / requests}
+    if "proxy_sleeps" in raw:
+        out["sleeps_per_req"] = raw["proxy_sleeps"] / requests
+    return out
+
+
 def wrk_metrics(raw: dict[str, Any], close: bool) -> dict[str, Any]:
     requests = raw["requests"]
     if requests <= 0:
@@ -898,11 +907,7 @@ def wrk_metrics(raw: dict[str, Any], close: bool) -> dict[str, Any]:
     out["rps"] = requests / seconds
     out["p50_ms"] = raw["p50_us"] / 1000
     out["p99_ms"] = raw["p99_us"] / 1000
-    out["cpu_us"] = raw["proxy_cpu_s"] * 1e6 / requests
-    out["cpu_user_us"] = raw["proxy_user_s"] * 1e6 / requests
-    out["cpu_sys_us"] = raw["proxy_sys_s"] * 1e6 / requests
-    if "proxy_sleeps" in raw:
-        out["sleeps_per_req"] = raw["proxy_sleeps"] / requests
+    out.update(proxy_cost_per_request(raw, requests))
     out["gbps"] = raw["bytes"] / seconds / GB
     out["cpu_s_per_gb"] = raw["proxy_cpu_s"] / (raw["bytes"] / GB)
     if close:
@@ -922,11 +927,7 @@ def rate_metrics(raw: dict[str, Any]) -> dict[str, Any]:
     out = dict(raw)
     out["rps"] = out["conn_per_s"] = requests / (raw["duration_us"] / 1e6)
     out["sustained"] = out["rps"] / raw["rate"]
-    out["cpu_us"] = raw["proxy_cpu_s"] * 1e6 / requests
-    out["cpu_user_us"] = raw["proxy_user_s"] * 1e6 / requests
-    out["cpu_sys_us"] = raw["proxy_sys_s"] * 1e6 / requests
-    if "proxy_sleeps" in raw:
-        out["sleeps_per_req"] = raw["proxy_sleeps"] / requests
+    out.update(proxy_cost_per_request(raw, requests))
     return out
 
 
