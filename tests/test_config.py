@@ -124,6 +124,7 @@ def test_defaults_applied() -> None:
     assert listener.max_connections == 10000
     assert listener.idle_timeout == 300.0
     assert listener.backlog == 1024
+    assert listener.accept_sockets == 4
     assert listener.accept_proxy_protocol is False
     assert listener.proxy_protocol_from == ("127.0.0.0/8", "::1/128")
     assert listener.trusted_proxies == ()
@@ -867,3 +868,20 @@ def test_parse_cidr(text: str, normal: str) -> None:
 def test_parse_cidr_errors(text: object) -> None:
     with pytest.raises(ValueError):
         parse_cidr(text)
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two"])
+def test_accept_sockets_out_of_range_is_refused_with_its_line(value: str) -> None:
+    assert_problem(BASE + f"    accept_sockets: {value}\n", f"{SRC}:10: ", "accept_sockets")
+
+
+def test_accept_sockets_on_a_dns_listener_is_refused() -> None:
+    text = BASE + """\
+  - name: names
+    bind: 127.0.0.1:5353
+    mode: dns
+    zone: svc.test
+    records: {web: web}
+    accept_sockets: 2
+"""
+    assert_problem(text, f"{SRC}:15: ", "'accept_sockets' is for tcp and http listeners")

@@ -120,6 +120,7 @@ _LISTENER_KEYS = (
     "max_connections",
     "idle_timeout",
     "backlog",
+    "accept_sockets",
     "accept_proxy_protocol",
     "proxy_protocol_from",
     "trusted_proxies",
@@ -1079,6 +1080,9 @@ def _build_listener(sec: _Section, ctx: _Context, name: str | None) -> ListenerC
     max_connections = sec.get("max_connections", _int(1), default.max_connections)
     idle_timeout = sec.get("idle_timeout", _duration(positive=True), default.idle_timeout)
     backlog = sec.get("backlog", _int(1, 65535), default.backlog)
+    accept_sockets = sec.get("accept_sockets", _int(1, 64), default.accept_sockets)
+    if mode == "dns" and "accept_sockets" in sec.node:
+        sec.error("accept_sockets", "'accept_sockets' is for tcp and http listeners (a dns listener accepts nothing)")
     accept_proxy = sec.get("accept_proxy_protocol", _bool, default.accept_proxy_protocol)
     proxy_from = sec.get("proxy_protocol_from", _cidrs, default.proxy_protocol_from)
     trusted_proxies = sec.get("trusted_proxies", _cidrs, default.trusted_proxies)
@@ -1115,6 +1119,7 @@ def _build_listener(sec: _Section, ctx: _Context, name: str | None) -> ListenerC
         max_connections=max_connections,
         idle_timeout=idle_timeout,
         backlog=backlog,
+        accept_sockets=accept_sockets,
         accept_proxy_protocol=accept_proxy,
         proxy_protocol_from=proxy_from,
         trusted_proxies=trusted_proxies,

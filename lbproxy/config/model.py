@@ -296,6 +296,10 @@ class ListenerConfig:
     max_connections: int = 10000  # beyond it the listener stops accepting until one closes
     idle_timeout: float = 300.0  # tcp listeners: no bytes either way for this long closes both sides
     backlog: int = 1024
+    # Listening sockets on the address (SO_REUSEPORT) when the daemon binds it itself: libuv
+    # accepts one connection per socket per event-loop pass, so more sockets let a busy pass
+    # take several new connections (issue 8). 1 = one plain socket.
+    accept_sockets: int = 4
     accept_proxy_protocol: bool = False
     proxy_protocol_from: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # trusted senders (CIDR)
     trusted_proxies: tuple[str, ...] = ()  # http: X-Forwarded-* kept only from these (CIDR)

@@ -33,6 +33,31 @@ def bind_socket(address: Address, *, backlog: int = 1024, reuse_port: bool = Fal
     return sock
 
 
+def bind_sockets(address: Address, count: int, *, backlog: int = 1024) -> list[socket.socket]:
+    """``count`` listening sockets on ``address`` sharing it with SO_REUSEPORT (the kernel
+    spreads new connections over them); one plain socket when ``count`` is 1.
+
+    Every socket of such a group has SO_REUSEPORT, and Linux lets any other socket of the same
+    user that sets it too join the group. So the address is first bound without it, then
+    released: another daemon already listening there makes that fail ("address in use"), as
+    with one socket, instead of sharing its connections; and port 0 becomes one free port,
+    which the group then binds. Raises ``OSError`` as ``bind_socket`` does."""
+    if count == 1:
+        return [bind_socket(address, backlog=backlog)]
+    probe = bind_socket(address, backlog=1)
+    port = bound_address(probe).port
+    probe.close()
+    group: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            group.append(bind_socket(Address(address.host, port), backlog=backlog, reuse_port=True))
+    except BaseException:
+        for sock in group:
+            sock.close()
+        raise
+    return group
+
+
 def bound_address(sock: socket.socket) -> Address:
     """The address a listening socket is actually bound to (port 0 resolved)."""
     host, port = sock.getsockname()[:2]

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from lbproxy.config.model import Address, ListenerConfig
-from lbproxy.net.bind import bind_socket, bound_address
+from lbproxy.net.bind import bind_sockets, bound_address
 from lbproxy.ratelimit import ClientConnections
 from lbproxy.tls.contexts import ServerTls
 
@@ -89,7 +89,7 @@ class BaseListener(abc.ABC):
         self.accepting = True
         self.proxy_protocol_from = NetworkSet(config.proxy_protocol_from)
         self._sock = sock
-        self._server: asyncio.AbstractServer | None = None
+        self._servers: list[asyncio.AbstractServer] = []  # one per listening socket
         self._idle_waiter: asyncio.Future[None] | None = None
         # TLS termination (http listeners with ``tls:``); handshakes that never reach
         # connection_made are counted when their protocol object is dropped.
@@ -112,21 +112,40 @@ class BaseListener(abc.ABC):
         return bound_address(self._sock)
 
     async def start(self) -> None:
-        """Bind (unless given a socket) and start accepting. Raises OSError if binding fails."""
+        """Bind (unless given a socket) and start accepting. Raises OSError if binding fails.
+
+        Binding itself, the listener opens ``accept_sockets`` sockets on the address
+        (``bind_sockets``). libuv accepts one connection per ready socket per event-loop pass,
+        so with one socket a busy loop takes one new connection per pass, and the pass's fixed
+        costs (the poll, the outbox's flush) are paid once per connection. With four, a pass
+        takes up to four, and their writes leave together (issue 8, l7-newconn:
+        benchmarks/README.md). A socket handed in (a worker's, a test's) is used alone."""
         loop = asyncio.get_running_loop()
         if self._sock is None:
-            self._sock = bind_socket(self.config.bind, backlog=self.config.backlog)
+            group = bind_sockets(self.config.bind, self.config.accept_sockets, backlog=self.config.backlog)
+        else:
+            group = [self._sock]
+        self._sock = group[0]
+        try:
+            for sock in group:
+                self._servers.append(await self._serve(loop, sock))
+        except BaseException:
+            self._close_servers()
+            for sock in group[len(self._servers):]:
+                sock.close()
+            raise
+        log.info("listener %s (%s) on %s", self.name, self.config.mode, self.address)
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> asyncio.AbstractServer:
         if self.tls is not None:
-            self._server = await loop.create_server(
+            return await loop.create_server(
                 self._tls_protocol_factory,
-                sock=self._sock,
+                sock=sock,
                 backlog=self.config.backlog,
                 ssl=self.tls.context,
                 ssl_handshake_timeout=self.config.limits.request_header_timeout,
             )
-        else:
-            self._server = await loop.create_server(self.protocol_factory, sock=self._sock, backlog=self.config.backlog)
-        log.info("listener %s (%s) on %s", self.name, self.config.mode, self.address)
+        return await loop.create_server(self.protocol_factory, sock=sock, backlog=self.config.backlog)
 
     def _tls_protocol_factory(self) -> asyncio.Protocol:
         protocol = self.protocol_factory()
@@ -174,11 +193,14 @@ class BaseListener(abc.ABC):
             self._idle_waiter.set_result(None)
 
     def stop_accepting(self) -> None:
-        """Close the listening socket; live connections go on."""
+        """Close the listening sockets; live connections go on."""
         self.accepting = False
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        self._close_servers()
+
+    def _close_servers(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
 
     async def drain(self, timeout: float) -> int:
         """Ask every live connection to finish, wait up to ``timeout`` s, abort the rest.

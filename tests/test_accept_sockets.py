@@ -1,0 +1,110 @@
+"""``accept_sockets``: a listener the daemon binds itself listens on several SO_REUSEPORT
+sockets (libuv accepts one connection per ready socket per loop pass), serves connections
+from each, closes them all when it stops, and still refuses an address someone listens on."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import socket
+
+import pytest
+
+from lbproxy.config.model import Address
+from lbproxy.net.bind import bind_socket, bind_sockets
+from tests.backends_misbehaving import proxy_config
+
+LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
+
+
+def listening_sockets(port: int) -> int:
+    """How many IPv4 sockets listen on ``port`` (any process), from /proc/net/tcp."""
+    count = 0
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == LISTEN:
+                count += 1
+    return count
+
+
+def reuse_port(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+
+
+async def get(address: tuple[str, int]) -> bytes:
+    """One ``Connection: close`` request on a new connection; everything the proxy sent."""
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+        return await reader.read()
+    finally:
+        writer.close()
+
+
+def test_a_group_shares_one_port_with_reuseport() -> None:
+    group = bind_sockets(Address("127.0.0.1", 0), 4)
+    try:
+        ports = {sock.getsockname()[1] for sock in group}
+        assert len(group) == 4 and len(ports) == 1 and all(reuse_port(sock) for sock in group)
+        assert listening_sockets(ports.pop()) == 4
+    finally:
+        for sock in group:
+            sock.close()
+    (single,) = bind_sockets(Address("127.0.0.1", 0), 1)
+    try:
+        assert not reuse_port(single)  # one socket: nobody can join it
+    finally:
+        single.close()
+
+
+@pytest.mark.parametrize("holder_reuses_port", [False, True])
+def test_a_group_refuses_an_address_already_listened_on(holder_reuses_port: bool) -> None:
+    holder = bind_socket(Address("127.0.0.1", 0), reuse_port=holder_reuses_port)
+    port = holder.getsockname()[1]
+    try:
+        # Without the plain probe bind, a reuseport holder (another daemon's group) would be
+        # joined silently and get half of our connections.
+        with pytest.raises(OSError) as info:
+            bind_sockets(Address("127.0.0.1", port), 4)
+        assert info.value.errno == errno.EADDRINUSE
+        assert listening_sockets(port) == 1  # nothing of the refused group is left open
+    finally:
+        holder.close()
+
+
+async def test_the_daemon_listens_on_accept_sockets_sockets_and_serves_them_all(make_daemon, http_backends) -> None:  # type: ignore[no-untyped-def]
+    ports = await http_backends(1)
+    daemon = await make_daemon(proxy_config(ports, listener={"accept_sockets": 4}))
+    address = daemon.listener_address("public")
+    assert listening_sockets(address[1]) == 4
+    async with asyncio.timeout(20):
+        # New connections from 60 client ports: the kernel hashes them over the 4 sockets.
+        answers = await asyncio.gather(*(get(address) for _ in range(60)))
+    assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers), answers[:1]
+    assert daemon.listeners["public"].stats.connections_total == 60
+    daemon.listeners["public"].stop_accepting()
+    assert listening_sockets(address[1]) == 0
+    with pytest.raises(ConnectionRefusedError):
+        await get(address)
+
+
+async def test_accept_sockets_1_is_one_plain_socket(make_daemon, http_backends) -> None:  # type: ignore[no-untyped-def]
+    ports = await http_backends(1)
+    daemon = await make_daemon(proxy_config(ports, listener={"accept_sockets": 1}))
+    address = daemon.listener_address("public")
+    assert listening_sockets(address[1]) == 1
+    async with asyncio.timeout(10):
+        assert (await get(address)).startswith(b"HTTP/1.1 200 ")
+
+
+async def test_the_default_is_four_for_tcp_listeners_too(make_daemon, tcp_backends) -> None:  # type: ignore[no-untyped-def]
+    ports = await tcp_backends(1)
+    config = {
+        "pools": {"raw": {"backends": [f"127.0.0.1:{ports[0]}"]}},
+        "listeners": [{"name": "l4", "bind": "127.0.0.1:0", "mode": "tcp", "pool": "raw"}],
+    }
+    daemon = await make_daemon(json.dumps(config))
+    assert listening_sockets(daemon.listener_address("l4")[1]) == 4
