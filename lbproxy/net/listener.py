@@ -121,18 +121,22 @@ class BaseListener(abc.ABC):
         takes up to four, and their writes leave together (issue 8, l7-newconn:
         benchmarks/README.md). A socket handed in (a worker's, a test's) is used alone."""
         loop = asyncio.get_running_loop()
-        if self._sock is None:
+        handed_in = self._sock
+        owned = handed_in is None
+        if handed_in is None:
             group = bind_sockets(self.config.bind, self.config.accept_sockets, backlog=self.config.backlog)
         else:
-            group = [self._sock]
+            group = [handed_in]
         self._sock = group[0]
         try:
             for sock in group:
                 self._servers.append(await self._serve(loop, sock))
         except BaseException:
+            serving = len(self._servers)  # these sockets close with their servers
             self._close_servers()
-            for sock in group[len(self._servers):]:
-                sock.close()
+            if owned:
+                for sock in group[serving:]:
+                    sock.close()
             raise
         log.info("listener %s (%s) on %s", self.name, self.config.mode, self.address)
 
