@@ -30,6 +30,19 @@ def listening_sockets(port: int) -> int:
     return count
 
 
+def accept_queues(port: int) -> list[int]:
+    """Connections waiting in each listening socket's accept queue on ``port`` (for a LISTEN
+    socket, /proc/net/tcp's rx_queue is its accept backlog)."""
+    queues = []
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == LISTEN:
+                queues.append(int(fields[4].split(":")[1], 16))
+    return queues
+
+
 def reuse_port(sock: socket.socket) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
 
@@ -108,3 +121,32 @@ async def test_the_default_is_four_for_tcp_listeners_too(make_daemon, tcp_backen
     }
     daemon = await make_daemon(json.dumps(config))
     assert listening_sockets(daemon.listener_address("l4")[1]) == 4
+
+
+async def test_the_kernel_spreads_new_connections_over_the_sockets(make_daemon, http_backends) -> None:  # type: ignore[no-untyped-def]
+    ports = await http_backends(1)
+    daemon = await make_daemon(proxy_config(ports, listener={"accept_sockets": 4}))
+    address = daemon.listener_address("public")
+    clients = []
+    try:
+        # The loop is held (no await): the 40 handshakes complete in the kernel and wait in
+        # the accept queues, where /proc shows which socket each landed on.
+        for _ in range(40):
+            client = socket.create_connection(address, timeout=5)
+            clients.append(client)
+        queues = accept_queues(address[1])
+        assert sum(queues) == 40 and sum(1 for q in queues if q) >= 2, queues
+        for client in clients:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+            client.setblocking(False)
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(20):
+            for client in clients:
+                answer = b""
+                while chunk := await loop.sock_recv(client, 65536):
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 200 "), answer
+        assert accept_queues(address[1]) == [0, 0, 0, 0]
+    finally:
+        for client in clients:
+            client.close()
