@@ -18,21 +18,9 @@ from tests.backends_misbehaving import proxy_config
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 
 
-def listening_sockets(port: int) -> int:
-    """How many IPv4 sockets listen on ``port`` (any process), from /proc/net/tcp."""
-    count = 0
-    with open("/proc/net/tcp") as table:
-        next(table)
-        for line in table:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == LISTEN:
-                count += 1
-    return count
-
-
 def accept_queues(port: int) -> list[int]:
-    """Connections waiting in each listening socket's accept queue on ``port`` (for a LISTEN
-    socket, /proc/net/tcp's rx_queue is its accept backlog)."""
+    """Each IPv4 socket listening on ``port`` (any process), from /proc/net/tcp: the
+    connections waiting in its accept queue (a LISTEN socket's rx_queue is its backlog)."""
     queues = []
     with open("/proc/net/tcp") as table:
         next(table)
@@ -41,6 +29,10 @@ def accept_queues(port: int) -> list[int]:
             if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == LISTEN:
                 queues.append(int(fields[4].split(":")[1], 16))
     return queues
+
+
+def listening_sockets(port: int) -> int:
+    return len(accept_queues(port))
 
 
 def reuse_port(sock: socket.socket) -> int:

@@ -121,13 +121,12 @@ class BaseListener(abc.ABC):
         takes up to four, and their writes leave together (issue 8, l7-newconn:
         benchmarks/README.md). A socket handed in (a worker's, a test's) is used alone."""
         loop = asyncio.get_running_loop()
-        handed_in = self._sock
-        owned = handed_in is None
-        if handed_in is None:
+        owned = self._sock is None
+        if self._sock is None:
             group = bind_sockets(self.config.bind, self.config.accept_sockets, backlog=self.config.backlog)
+            self._sock = group[0]
         else:
-            group = [handed_in]
-        self._sock = group[0]
+            group = [self._sock]
         try:
             for sock in group:
                 self._servers.append(await self._serve(loop, sock))
