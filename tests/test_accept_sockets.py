@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import os
 import socket
 
 import pytest
@@ -18,21 +19,39 @@ from tests.backends_misbehaving import proxy_config
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 
 
-def accept_queues(port: int) -> list[int]:
-    """Each IPv4 socket listening on ``port`` (any process), from /proc/net/tcp: the
-    connections waiting in its accept queue (a LISTEN socket's rx_queue is its backlog)."""
-    queues = []
+def listeners_on(port: int) -> dict[int, int]:
+    """Each IPv4 socket listening on ``port`` (any process), from /proc/net/tcp: its inode ->
+    the connections waiting in its accept queue (a LISTEN socket's rx_queue is its backlog)."""
+    found = {}
     with open("/proc/net/tcp") as table:
         next(table)
         for line in table:
             fields = line.split()
             if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == LISTEN:
-                queues.append(int(fields[4].split(":")[1], 16))
-    return queues
+                found[int(fields[9])] = int(fields[4].split(":")[1], 16)
+    return found
+
+
+def accept_queues(port: int) -> list[int]:
+    return list(listeners_on(port).values())
 
 
 def listening_sockets(port: int) -> int:
-    return len(accept_queues(port))
+    return len(listeners_on(port))
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of every socket process ``pid`` holds open (its /proc/PID/fd links)."""
+    inodes = set()
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(f"{fd_dir}/{fd}")
+        except FileNotFoundError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
 
 
 def reuse_port(sock: socket.socket) -> int:
@@ -142,3 +161,24 @@ async def test_the_kernel_spreads_new_connections_over_the_sockets(make_daemon, 
     finally:
         for client in clients:
             client.close()
+
+
+async def test_a_reload_keeps_the_sockets_and_says_a_new_count_needs_a_restart(make_daemon, http_backends, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ports = await http_backends(1)
+    probe = bind_socket(Address("127.0.0.1", 0))
+    port = probe.getsockname()[1]  # a fixed bind, kept by the reload (port 0 would be a new one)
+    probe.close()
+    fixed = {"bind": f"127.0.0.1:{port}"}
+    daemon = await make_daemon(proxy_config(ports, listener={**fixed, "accept_sockets": 3}))
+    address = daemon.listener_address("public")
+    path = tmp_path / "lb.yaml"
+    path.write_text(proxy_config(ports, listener={**fixed, "accept_sockets": 2, "backlog": 64}))
+    applied, notes = await daemon.reload_from_file(str(path))
+    assert applied, notes
+    assert notes == [
+        "listener public: backlog changed to 64: needs a restart (or a new bind)",
+        "listener public: accept_sockets changed to 2: needs a restart (or a new bind)",
+    ]
+    assert listening_sockets(address[1]) == 3
+    async with asyncio.timeout(10):
+        assert (await get(address)).startswith(b"HTTP/1.1 200 ")

@@ -38,7 +38,7 @@ async def layered(http_backends) -> AsyncIterator[Daemon]:
     ):
         assert old in text, f"{LAYERED.name} no longer mentions {old}"
         text = text.replace(old, f"127.0.0.1:{new}")
-    daemon = Daemon(load_config_text(text, str(LAYERED)), sockets=sockets)
+    daemon = Daemon(load_config_text(text, str(LAYERED)), sockets={name: [s] for name, s in sockets.items()})
     await daemon.start()
     try:
         yield daemon

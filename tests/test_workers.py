@@ -26,6 +26,7 @@ from lbproxy.config.loader import load_config_text
 from lbproxy.errors import ConfigError
 from lbproxy.runtime.supervisor import resolve_workers
 from tests.client import Connection, fetch
+from tests.test_accept_sockets import listeners_on, socket_inodes
 from tests.conftest import ROOT
 from tests.lbproxy_process import LbProcess
 
@@ -112,6 +113,34 @@ async def test_two_workers_both_serve_requests(lbproxy: Start, http_backends, sh
     assert sum(served) == 40 + sum(answered.values()) and all(n > 0 for n in served), served
 
 
+@pytest.mark.parametrize("sharing", ["reuseport", "shared"])
+async def test_workers_accept_from_accept_sockets_each(lbproxy: Start, http_backends, sharing: str) -> None:
+    web = await http_backends(1)
+    text = config_text(web).replace("routes: [{pool: web}]}", "routes: [{pool: web}], accept_sockets: 3}")
+    lb = await lbproxy(text, "--workers", "2", *(["--shared-socket"] if sharing == "shared" else []))
+    port = lb.address()[1]
+    listening = set(listeners_on(port))
+    pids = [w["pid"] for w in (await lb.status())["workers"]]
+    held = [socket_inodes(pid) & listening for pid in pids]
+    if sharing == "reuseport":
+        # 3 sockets of its own per worker, 6 on the address: none is shared between workers
+        assert len(listening) == 6 and [len(h) for h in held] == [3, 3] and not held[0] & held[1]
+    else:
+        assert len(listening) == 3 and held == [listening, listening]
+    assert socket_inodes(lb.proc.pid) >= listening, "the supervisor keeps its copies (restarts)"
+    async with asyncio.timeout(20):
+        for _ in range(3):
+            answers = await asyncio.gather(*(fetch(*lb.address()) for _ in range(20)))
+            assert all(answer.status == 200 for answer in answers)
+    assert set(await lb.requests_from_every_worker()) == {"b1"}
+
+    lb.config.write_text(text.replace("accept_sockets: 3", "accept_sockets: 2"))
+    reply = (await lb.post("/reload")).json()
+    assert reply["applied"] is True
+    assert "listener public: accept_sockets changed to 2: needs a restart (or a new bind)" in reply["messages"], reply
+    assert set(listeners_on(port)) == listening, "a reload keeps the listener's sockets"
+
+
 async def test_metrics_totals_are_summed_over_workers(lbproxy: Start, http_backends) -> None:
     web = await http_backends(2)
     lb = await lbproxy(config_text(web), "--workers", "2")
@@ -170,7 +199,9 @@ async def test_a_worker_that_keeps_dying_does_not_hold_connections(lbproxy: Star
     assert child_of(worker["pid"], lb.proc.pid)
     mark = len(lb.lines)
     os.kill(worker["pid"], signal.SIGKILL)  # again, soon after: a crash loop
-    await lb.wait_line("worker 0 keeps failing: its 1 sockets are closed", after=mark)
+    # its 4 sockets (the default accept_sockets) on the one listener
+    await lb.wait_line("worker 0 keeps failing: its 4 sockets are closed", after=mark)
+    assert len(listeners_on(lb.address()[1])) == 4, "only worker 1's sockets are left listening"
     for _ in range(20):  # none of them waits for worker 0 to come back
         started = time.monotonic()
         assert (await fetch(*lb.address())).status == 200

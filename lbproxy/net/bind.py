@@ -33,16 +33,24 @@ def bind_socket(address: Address, *, backlog: int = 1024, reuse_port: bool = Fal
     return sock
 
 
-def bind_sockets(address: Address, count: int, *, backlog: int = 1024) -> list[socket.socket]:
+def bind_sockets(
+    address: Address, count: int, *, backlog: int = 1024, reuse_port: bool | None = None
+) -> list[socket.socket]:
     """``count`` listening sockets on ``address`` sharing it with SO_REUSEPORT (the kernel
-    spreads new connections over them); one plain socket when ``count`` is 1.
+    spreads new connections over them); by default one plain socket when ``count`` is 1
+    (``reuse_port=True`` makes even a single socket joinable: a supervisor that rebinds a
+    worker's share later needs that).
 
     Every socket of such a group has SO_REUSEPORT, and Linux lets any other socket of the same
     user that sets it too join the group. So the address is first bound without it, then
     released: another daemon already listening there makes that fail ("address in use"), as
     with one socket, instead of sharing its connections; and port 0 becomes one free port,
     which the group then binds. Raises ``OSError`` as ``bind_socket`` does."""
-    if count == 1:
+    if reuse_port is None:
+        reuse_port = count > 1
+    if not reuse_port:
+        if count != 1:
+            raise ValueError("several sockets on one address need SO_REUSEPORT")
         return [bind_socket(address, backlog=backlog)]
     probe = bind_socket(address, backlog=1)
     port = bound_address(probe).port

@@ -15,7 +15,7 @@ import logging
 import socket
 import weakref
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from lbproxy.config.model import Address, ListenerConfig
@@ -79,16 +79,21 @@ class NetworkSet:
 
 
 class BaseListener(abc.ABC):
-    """A bound socket plus its live connections. Subclasses supply ``protocol_factory``."""
+    """Its listening sockets plus its live connections. Subclasses supply ``protocol_factory``.
 
-    def __init__(self, config: ListenerConfig, *, sock: socket.socket | None = None) -> None:
+    ``sockets``: listening sockets bound elsewhere, all on the listener's address (a worker's
+    share from the supervisor, a test's); the listener serves them as they are and binds none.
+    """
+
+    def __init__(self, config: ListenerConfig, *, sockets: Sequence[socket.socket] = ()) -> None:
         self.config = config
         self.name = config.name
         self.stats = ListenerStats()
         self.connections: set[Drainable] = set()
         self.accepting = True
         self.proxy_protocol_from = NetworkSet(config.proxy_protocol_from)
-        self._sock = sock
+        self._handed = tuple(sockets)
+        self._sock: socket.socket | None = self._handed[0] if self._handed else None
         self._servers: list[asyncio.AbstractServer] = []  # one per listening socket
         self._idle_waiter: asyncio.Future[None] | None = None
         # TLS termination (http listeners with ``tls:``); handshakes that never reach
@@ -119,14 +124,15 @@ class BaseListener(abc.ABC):
         so with one socket a busy loop takes one new connection per pass, and the pass's fixed
         costs (the poll, the outbox's flush) are paid once per connection. With four, a pass
         takes up to four, and their writes leave together (issue 8, l7-newconn:
-        benchmarks/README.md). A socket handed in (a worker's, a test's) is used alone."""
+        benchmarks/README.md). Sockets handed in are served as they are: with ``workers:``, the
+        supervisor binds ``accept_sockets`` per worker and hands each worker its own."""
         loop = asyncio.get_running_loop()
-        owned = self._sock is None
-        if self._sock is None:
+        owned = not self._handed
+        if owned:
             group = bind_sockets(self.config.bind, self.config.accept_sockets, backlog=self.config.backlog)
-            self._sock = group[0]
         else:
-            group = [self._sock]
+            group = list(self._handed)
+        self._sock = group[0]
         try:
             for sock in group:
                 self._servers.append(await self._serve(loop, sock))

@@ -53,8 +53,8 @@ OnMembers = Callable[[str, tuple[BackendConfig, ...]], None]
 class Daemon:
     """One running lbproxy: its pools, listeners and admin server (see the roles above).
 
-    ``sockets`` maps listener names to pre-bound listening sockets; each is used once, by the
-    first listener of that name that starts. ``on_verdict`` (view) is told every up/down verdict
+    ``sockets`` maps listener names to pre-bound listening sockets (one or several on the
+    listener's address); each group is used once, by the first listener of that name that starts. ``on_verdict`` (view) is told every up/down verdict
     of the active checks; ``on_members`` (single, view) every change DNS discovery makes to a pool.
     """
 
@@ -62,7 +62,7 @@ class Daemon:
         self,
         config: Config,
         *,
-        sockets: dict[str, socket.socket] | None = None,
+        sockets: dict[str, list[socket.socket]] | None = None,
         role: Role = "single",
         on_verdict: OnVerdict | None = None,
         on_members: OnMembers | None = None,
@@ -116,7 +116,8 @@ class Daemon:
                 self.listeners[listener_config.name] = listener
                 await listener.start()
             if config.admin is not None and self.role == "single":
-                self.admin = AdminServer(self, config.admin, sock=self._sockets.pop("admin", None))
+                handed = self._sockets.pop("admin", None)
+                self.admin = AdminServer(self, config.admin, sock=handed[0] if handed else None)
                 await self.admin.start()
         except BaseException:
             await self._close_now()
@@ -194,35 +195,35 @@ class Daemon:
                 record.hysteresis = Hysteresis(check.healthy_threshold, check.unhealthy_threshold, up=False)
             backend.set_checked_up(False, "new from DNS: waiting for a passing health check")
 
-    def adopt_sockets(self, sockets: dict[str, socket.socket]) -> None:
+    def adopt_sockets(self, sockets: dict[str, list[socket.socket]]) -> None:
         """Pre-bound sockets for listeners that start later (a reload), by listener name."""
-        for name, sock in sockets.items():
-            previous = self._sockets.pop(name, None)
-            if previous is not None:
+        for name, group in sockets.items():
+            for previous in self._sockets.pop(name, ()):
                 previous.close()
-            self._sockets[name] = sock
+            self._sockets[name] = group
 
     def close_unused_sockets(self) -> None:
         """Close the pre-bound sockets no listener took (ours are copies; the owner keeps its own)."""
-        for sock in self._sockets.values():
-            sock.close()
+        for group in self._sockets.values():
+            for sock in group:
+                sock.close()
         self._sockets.clear()
 
     def make_listener(self, config: ListenerConfig) -> BaseListener:
         """A listener for ``config`` (not started), wired to this daemon's pools."""
-        sock = self._sockets.pop(config.name, None)
-        if sock is None and self.role == "worker":  # binding here would open a port of its own
+        sockets = self._sockets.pop(config.name, [])
+        if not sockets and self.role == "worker":  # binding here would open a port of its own
             raise OSError(f"no socket from the supervisor for listener {config.name}")
         if config.mode == "tcp":
             assert config.pool is not None
-            tcp = TcpListener(config, self.pools[config.pool], access_log=self.access_log, sock=sock)
+            tcp = TcpListener(config, self.pools[config.pool], access_log=self.access_log, sockets=sockets)
             tcp.sni_routes = [(route.server_name, self.pools[route.pool]) for route in config.sni_routes]
             return tcp
         if config.mode == "dns":
             from lbproxy.dns.listener import DnsListener
 
-            return DnsListener(config, self.pools, sock=sock)
-        return HttpListener(config, self.pools, self.upstreams, access_log=self.access_log, sock=sock)
+            return DnsListener(config, self.pools, sockets=sockets)
+        return HttpListener(config, self.pools, self.upstreams, access_log=self.access_log, sockets=sockets)
 
     def retire(self, listener: BaseListener) -> None:
         """Drain a listener that left the config, in the background, bounded by drain_timeout."""

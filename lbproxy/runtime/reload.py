@@ -8,7 +8,8 @@ and tunnels go on with the pool and backend they had.
 
 Listeners added are opened; listeners removed stop accepting and drain in the background (bounded
 by drain_timeout). A listener whose bind address or mode changed is replaced: the old one drains,
-the new one binds. What needs a restart (reported by ``apply``): ``admin.bind`` and ``workers``.
+the new one binds. What needs a restart (reported by ``apply``): ``admin.bind``, ``workers``, and
+a kept listener's ``backlog`` and ``accept_sockets`` (its sockets stay as they were bound).
 
 Pools with ``dns`` backends are rebuilt from their static backends plus what discovery last found
 (a reload does not forget discovered backends); a worker is handed that set by its supervisor.
@@ -21,7 +22,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from lbproxy.accesslog import AccessLog
-from lbproxy.config.model import Config
+from lbproxy.config.model import Config, ListenerConfig
 from lbproxy.l4.splicer import TcpListener
 from lbproxy.l7.listener import HttpListener
 from lbproxy.net.listener import NetworkSet
@@ -45,7 +46,7 @@ async def apply(daemon: Daemon, new: Config) -> list[str]:
         await daemon._reconfigure_discovery(new)
     _reconcile_pools(daemon, new)
     daemon.config = new  # before any await: discovery updates from now on use the new pools
-    await _reconcile_listeners(daemon, new)
+    notes += await _reconcile_listeners(daemon, new)
     if old.workers != new.workers:
         notes.append(f"workers changed to {new.workers}: needs a restart")
     if daemon.role == "single":  # with workers, the supervisor owns the admin listener
@@ -93,11 +94,24 @@ def _reconcile_pools(daemon: Daemon, new: Config) -> None:
         log.info("reload: pool %s removed", name)
 
 
-async def _reconcile_listeners(daemon: Daemon, new: Config) -> None:
+def socket_notes(old: ListenerConfig, new: ListenerConfig) -> list[str]:
+    """What a reload can't change on a listener that keeps its sockets: how they were bound."""
+    return [
+        f"listener {new.name}: {key} changed to {getattr(new, key)}: needs a restart (or a new bind)"
+        for key in ("backlog", "accept_sockets")
+        if getattr(old, key) != getattr(new, key)
+    ]
+
+
+async def _reconcile_listeners(daemon: Daemon, new: Config) -> list[str]:
+    """Update kept listeners, retire removed ones, open new ones; notes on what needs a restart."""
+    notes: list[str] = []
     wanted = {lc.name: lc for lc in new.listeners if daemon.serves(lc)}
     for name, listener in list(daemon.listeners.items()):
         config = wanted.get(name)
         if config is not None and config.bind == listener.config.bind and config.mode == listener.config.mode:
+            if daemon.role == "single":  # with workers, the supervisor owns the sockets
+                notes += socket_notes(listener.config, config)
             if isinstance(listener, HttpListener):
                 listener.update_routes(config, daemon.pools)
             elif isinstance(listener, TcpListener):
@@ -122,4 +136,5 @@ async def _reconcile_listeners(daemon: Daemon, new: Config) -> None:
         await listener.start()
         daemon.listeners[config.name] = listener
         log.info("reload: listener %s opened on %s", config.name, listener.address)
+    return notes
 

@@ -5,14 +5,15 @@ How this works:
   (``python -m lbproxy run -c FILE --worker-channel FD``, see ``lbproxy.runtime.worker``), handing
   each the sockets, the configuration text it validated, and the current state over a private
   control channel (a socketpair). With ``sharing="reuseport"`` (the default) each worker gets
-  its own SO_REUSEPORT socket on the address and the kernel spreads new connections over them by
-  hash: even under light load and for bursts of long-lived connections, where one shared socket
+  its own SO_REUSEPORT sockets on the address (a listener's ``accept_sockets`` of them) and the
+  kernel spreads new connections over all of them by hash: even under light load and for bursts of long-lived connections, where one shared socket
   lets whichever worker wakes first take most of them (measured: 50 keep-alive connections
   opened at once landed 75% on one worker on average with one shared socket, 55% with
   SO_REUSEPORT). The supervisor keeps every socket open, so connections queued for a worker
   that dies wait for its replacement instead of being reset; if it dies again quickly, its
   socket is closed (new connections go to the others) and a new one is bound when it restarts.
-  ``sharing="shared"`` gives every worker the same inherited socket (one accept queue).
+  ``sharing="shared"`` gives every worker the same inherited sockets (``accept_sockets`` accept
+  queues, each served by every worker).
 - It runs the ``view`` daemon: the pools as the whole daemon sees them, the active health checks
   (once per backend, however many workers), DNS discovery and the ``dns`` listeners. Each up/down
   verdict and each change discovery makes is sent to every worker. Passive ejection stays per
@@ -52,11 +53,12 @@ from lbproxy.config.loader import load_config_text
 from lbproxy.config.model import Address, BackendConfig, Config
 from lbproxy.discovery.members import to_wire
 from lbproxy.errors import ConfigError
-from lbproxy.net.bind import bind_socket, bound_address
+from lbproxy.net.bind import bind_socket, bind_sockets, bound_address
 from lbproxy.pool.backend import Backend
 from lbproxy.runtime.channel import ChannelClosed, ControlChannel, Message
 from lbproxy.runtime.daemon import Daemon
 from lbproxy.runtime.merge import Snapshot, fold_departed, merge_metrics, merge_status
+from lbproxy.runtime.reload import socket_notes
 
 log = logging.getLogger("lbproxy.supervisor")
 
@@ -130,7 +132,8 @@ class Supervisor:
         self.log_level = log_level
         self.workers_from_cli = workers_from_cli
         self.slots = [WorkerSlot(i) for i in range(workers)]
-        # listener -> one shared socket, or one per worker (None: released while the worker is down)
+        # listener -> its sockets: accept_sockets shared by all workers, or accept_sockets per
+        # worker, worker 0's first (None: released while the worker is down; see ``_share``)
         self.sockets: dict[str, list[socket.socket | None]] = {}
         self.binds: dict[str, Address] = {}  # listener -> the bind address it was opened for
         self.bound: dict[str, Address] = {}  # listener -> the address it is bound to (port 0 resolved)
@@ -291,7 +294,7 @@ class Supervisor:
         binds: dict[str, Address] = {}
         bound: dict[str, Address] = {}
         opened: list[socket.socket] = []
-        per_listener = len(self.slots) if self.sharing == "reuseport" else 1
+        reuse_port = self.sharing == "reuseport"
         try:
             for listener in config.listeners:
                 if listener.mode == "dns":
@@ -304,18 +307,13 @@ class Supervisor:
                     binds[listener.name] = listener.bind
                     bound[listener.name] = self.bound[previous]
                     continue
-                reuse_port = self.sharing == "reuseport"
-                first = bind_socket(listener.bind, backlog=listener.backlog, reuse_port=reuse_port)
-                opened.append(first)
-                group: list[socket.socket | None] = [first]
-                actual = bound_address(first)
-                for _ in range(per_listener - 1):
-                    sock = bind_socket(Address(actual.host, actual.port), backlog=listener.backlog, reuse_port=True)
-                    opened.append(sock)
-                    group.append(sock)
-                sockets[listener.name] = group
+                count = listener.accept_sockets * (len(self.slots) if reuse_port else 1)
+                # reuseport: joinable even when single, so a released share can be bound again
+                fresh = bind_sockets(listener.bind, count, backlog=listener.backlog, reuse_port=reuse_port or None)
+                opened += fresh
+                sockets[listener.name] = list(fresh)
                 binds[listener.name] = listener.bind
-                bound[listener.name] = actual
+                bound[listener.name] = actual = bound_address(fresh[0])
                 log.info("listener %s (%s) on %s", listener.name, listener.mode, actual)
         except BaseException:
             for sock in opened:
@@ -325,20 +323,31 @@ class Supervisor:
         self.bound = bound
         return sockets
 
+    def _share(self, slot: WorkerSlot, group: list[socket.socket | None]) -> range:
+        """The positions in a listener's socket ``group`` that ``slot``'s worker serves: with
+        reuseport its own ``accept_sockets`` (the group holds that many per worker, worker 0's
+        first); shared, all of them."""
+        if self.sharing != "reuseport":
+            return range(len(group))
+        per_worker = len(group) // len(self.slots)
+        return range(slot.index * per_worker, (slot.index + 1) * per_worker)
+
     def _slot_sockets(self, slot: WorkerSlot) -> tuple[list[str], list[int]]:
-        """Listener names and the descriptors ``slot``'s worker gets for them.
+        """The descriptors ``slot``'s worker gets and, for each, its listener's name (a name
+        repeats for each of its sockets, as ``lbproxy.runtime.worker.adopt_sockets`` reads them).
 
         A released reuseport socket is bound again here. Raises OSError if that fails.
         """
-        names = list(self.sockets)
+        names: list[str] = []
         fds: list[int] = []
         for name, group in self.sockets.items():
-            index = slot.index if len(group) > 1 else 0
-            sock = group[index]
-            if sock is None:
-                backlog = next((l.backlog for l in self.config.listeners if l.name == name), 1024)
-                sock = group[index] = bind_socket(self.bound[name], backlog=backlog, reuse_port=True)
-            fds.append(sock.fileno())
+            for index in self._share(slot, group):
+                sock = group[index]
+                if sock is None:
+                    backlog = next((l.backlog for l in self.config.listeners if l.name == name), 1024)
+                    sock = group[index] = bind_socket(self.bound[name], backlog=backlog, reuse_port=True)
+                names.append(name)
+                fds.append(sock.fileno())
         return names, fds
 
     def _release_sockets(self, slot: WorkerSlot) -> None:
@@ -348,11 +357,12 @@ class Supervisor:
             return
         released = 0
         for group in self.sockets.values():
-            sock = group[slot.index]
-            if sock is not None:
-                sock.close()
-                group[slot.index] = None
-                released += 1
+            for index in self._share(slot, group):
+                sock = group[index]
+                if sock is not None:
+                    sock.close()
+                    group[index] = None
+                    released += 1
         if released:
             log.warning("worker %d keeps failing: its %d sockets are closed until it runs again", slot.index, released)
 
@@ -596,7 +606,7 @@ class Supervisor:
                 self.reloads["failure"] += 1
                 log.error("reload: could not open a dns listener: %s", exc)
                 notes = [f"{source}: cannot bind: {exc}"]
-            notes += self._admin_notes(old, config)
+            notes += self._admin_notes(old, config) + self._socket_notes(old, config, sockets)
             retired = [
                 s for name, group in self.sockets.items() for s in group if s is not None and sockets.get(name) is not group
             ]
@@ -624,6 +634,18 @@ class Supervisor:
             if old.admin.bind != new.admin.bind:
                 notes.append(f"admin.bind changed to {new.admin.bind}: needs a restart")
             self.admin.config = dataclasses.replace(new.admin, bind=old.admin.bind)
+        for note in notes:
+            log.warning("reload: %s", note)
+        return notes
+
+    def _socket_notes(self, old: Config, new: Config, sockets: dict[str, list[socket.socket | None]]) -> list[str]:
+        """Restart notes for listeners that keep their sockets (``reload.socket_notes``)."""
+        before = {listener.name: listener for listener in old.listeners}
+        notes: list[str] = []
+        for listener in new.listeners:
+            was = before.get(listener.name)
+            if was is not None and listener.name in sockets and sockets[listener.name] is self.sockets.get(listener.name):
+                notes += socket_notes(was, listener)
         for note in notes:
             log.warning("reload: %s", note)
         return notes

@@ -43,13 +43,17 @@ class WorkerError(Exception):
     """The worker could not start (no init message, or a configuration it cannot use)."""
 
 
-def adopt_sockets(names: list[str], fds: list[int]) -> dict[str, socket.socket]:
-    """The listening sockets a message carried, by listener name (in the order sent)."""
+def adopt_sockets(names: list[str], fds: list[int]) -> dict[str, list[socket.socket]]:
+    """The listening sockets a message carried, by listener name: ``names[i]`` names the
+    listener of ``fds[i]``, and a name repeats for each of its sockets (``accept_sockets``)."""
     if len(names) != len(fds):
         for fd in fds:
             os.close(fd)
         raise WorkerError(f"expected {len(names)} sockets, received {len(fds)}")
-    return {name: socket.socket(fileno=fd) for name, fd in zip(names, fds)}
+    sockets: dict[str, list[socket.socket]] = {}
+    for name, fd in zip(names, fds):
+        sockets.setdefault(name, []).append(socket.socket(fileno=fd))
+    return sockets
 
 
 def apply_state(daemon: Daemon, state: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
