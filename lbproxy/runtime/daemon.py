@@ -54,8 +54,9 @@ class Daemon:
     """One running lbproxy: its pools, listeners and admin server (see the roles above).
 
     ``sockets`` maps listener names to pre-bound listening sockets (one or several on the
-    listener's address); each group is used once, by the first listener of that name that starts. ``on_verdict`` (view) is told every up/down verdict
-    of the active checks; ``on_members`` (single, view) every change DNS discovery makes to a pool.
+    listener's address); each group is used once, by the first listener of that name that
+    starts. ``on_verdict`` (view) is told every up/down verdict of the active checks;
+    ``on_members`` (single, view) every change DNS discovery makes to a pool.
     """
 
     def __init__(

@@ -6,12 +6,13 @@ How this works:
   each the sockets, the configuration text it validated, and the current state over a private
   control channel (a socketpair). With ``sharing="reuseport"`` (the default) each worker gets
   its own SO_REUSEPORT sockets on the address (a listener's ``accept_sockets`` of them) and the
-  kernel spreads new connections over all of them by hash: even under light load and for bursts of long-lived connections, where one shared socket
-  lets whichever worker wakes first take most of them (measured: 50 keep-alive connections
-  opened at once landed 75% on one worker on average with one shared socket, 55% with
-  SO_REUSEPORT). The supervisor keeps every socket open, so connections queued for a worker
-  that dies wait for its replacement instead of being reset; if it dies again quickly, its
-  socket is closed (new connections go to the others) and a new one is bound when it restarts.
+  kernel spreads new connections over all of them by hash: even under light load and for
+  bursts of long-lived connections, where one shared socket lets whichever worker wakes first
+  take most of them (measured: 50 keep-alive connections opened at once landed 75% on one
+  worker on average with one shared socket, 55% with SO_REUSEPORT). The supervisor keeps every
+  socket open, so connections queued for a worker that dies wait for its replacement instead
+  of being reset; if it dies again quickly, its sockets are closed (new connections go to the
+  others) and new ones are bound when it restarts.
   ``sharing="shared"`` gives every worker the same inherited sockets (``accept_sockets`` accept
   queues, each served by every worker).
 - It runs the ``view`` daemon: the pools as the whole daemon sees them, the active health checks
