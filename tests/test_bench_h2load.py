@@ -8,33 +8,14 @@ against a real server on loopback, counting the connections that server saw.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import socket
-import sys
 import threading
-from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    # Loaded by path: putting benchmarks/ on sys.path would let its run.py, tls.py ... shadow
-    # other modules for the rest of the test session. run.py imports cpu_quota by that name.
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-if "cpu_quota" not in sys.modules:
-    _load("cpu_quota", BENCH / "cpu_quota.py")
-bench_run = _load("bench_run", BENCH / "run.py")
+from tests.bench_modules import bench_run
 
 # What h2load 1.52 printed for 48,000 connections at 8 per ms through lbproxy.
 H2LOAD_OUTPUT = """starting benchmark...
