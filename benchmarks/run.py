@@ -1732,12 +1732,18 @@ def steal_notes(results: dict[str, Any], max_steal: float) -> list[str]:
             kept = [max(r.get("proxy_core_steal", 0), r.get("load_core_steal", 0)) for r in runs]
             robbed = [s for s in kept if s > max_steal]
             if dropped:
-                out.append(f"{key} / {label}: {len(dropped)} runs dropped and measured again, the hypervisor having "
-                           f"taken {min(dropped):.0%}–{max(dropped):.0%} of the proxy or load core (steal)")
+                taken = f"{min(dropped):.0%}" if min(dropped) == max(dropped) else f"{min(dropped):.0%}–{max(dropped):.0%}"
+                out.append(f"{key} / {label}: {_runs(len(dropped))} dropped and measured again, the hypervisor having "
+                           f"taken {taken} of the proxy or load core (steal)")
             if robbed:
-                out.append(f"{key} / {label}: {len(robbed)} of {len(runs)} runs kept with steal above "
-                           f"{max_steal:.0%} (up to {max(robbed):.0%}) after the retries ran out")
+                why = "not measured again (idle scenarios)" if rec.get("kind") == "idle" else "after the retries ran out"
+                out.append(f"{key} / {label}: {len(robbed)} of {_runs(len(runs))} kept with steal above "
+                           f"{max_steal:.0%} (up to {max(robbed):.0%}), {why}")
     return out
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" if count == 1 else f"{count} runs"
 
 
 def floor_notes(results: dict[str, Any]) -> list[str]:
