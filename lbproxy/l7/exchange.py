@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from lbproxy.errors import BadResponse, DownstreamError, NoBackend, UpstreamError
 from lbproxy.l7.headers import (
     FORWARDING,
+    HASH,
     HOP_BY_HOP,
     connection_tokens,
     cookie_value,
@@ -276,7 +277,7 @@ class Exchange:
             has_body = declared > 0
 
         url = self.url
-        if b"#" in url:
+        if HASH in url:  # a byte value: see lbproxy.l7.headers.HASH
             raise DownstreamError("invalid request target (fragment)")
         if url[:1] != b"/":
             if url == b"*":

@@ -35,6 +35,12 @@ FORWARDING: frozenset[bytes] = frozenset(
 _REQUEST_ID_OK = re.compile(rb"^[A-Za-z0-9._:@/+=-]{1,128}$")
 # RFC 3986 authority without userinfo: an IP-literal or a reg-name (possibly empty), then a port.
 _HOST_OK = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?$")
+# Byte values, for ``in`` tests on bytes: ``COMMA in value`` is a memchr, where ``b"," in value``
+# first tries the operand as an integer, and that raises and clears a TypeError inside CPython
+# 3.11 every time (callgrind: about 1,800 instructions, 0.22 µs against 0.02; issue 8).
+COMMA = ord(",")
+HASH = ord("#")
+
 _id_format = os.urandom(6).hex().encode("ascii") + b"-%x"
 _id_counter = itertools.count(1)
 
@@ -52,7 +58,7 @@ def parse_fields(head: bytes) -> list[tuple[bytes, bytes]]:
 
 def connection_tokens(value: bytes) -> list[bytes]:
     """The lowercased, stripped tokens of a ``Connection`` header value."""
-    if b"," not in value:  # the usual single token ("keep-alive", "close"): no list to split
+    if COMMA not in value:  # the usual single token ("keep-alive", "close"): no list to split
         token = value.strip().lower()
         return [token] if token else []
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
