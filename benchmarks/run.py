@@ -1732,7 +1732,8 @@ def steal_notes(results: dict[str, Any], max_steal: float) -> list[str]:
             kept = [max(r.get("proxy_core_steal", 0), r.get("load_core_steal", 0)) for r in runs]
             robbed = [s for s in kept if s > max_steal]
             if dropped:
-                taken = f"{min(dropped):.0%}" if min(dropped) == max(dropped) else f"{min(dropped):.0%}–{max(dropped):.0%}"
+                low, high = f"{min(dropped):.0%}", f"{max(dropped):.0%}"
+                taken = low if low == high else f"{low}–{high}"  # as printed: 12.1% and 12.4% are one "12%"
                 out.append(f"{key} / {label}: {_runs(len(dropped))} dropped and measured again, the hypervisor having "
                            f"taken {taken} of the proxy or load core (steal)")
             if robbed:
