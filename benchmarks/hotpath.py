@@ -11,6 +11,7 @@ request matching the last). What is left out: the event loop, the syscalls, the 
     python benchmarks/hotpath.py --profile       # cProfile of the same loop, by own time
     python benchmarks/hotpath.py --log           # with the access log on (written to /dev/null)
     python benchmarks/hotpath.py --new-connections  # a client connection per request
+    python benchmarks/hotpath.py --browser       # a browser's request (16 fields) instead of wrk's
     python benchmarks/hotpath.py --instructions  # CPU instructions per request, under valgrind
     python benchmarks/hotpath.py --bytecodes     # Python bytecodes per request, by function
 
@@ -63,6 +64,21 @@ from lbproxy.l7.upstream import UpstreamConnection  # noqa: E402
 from lbproxy.pool.pool import Pool  # noqa: E402
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench.example.com\r\n\r\n"  # what wrk -H 'Host: ...' sends
+# What a browser sends for a page (Chromium's fields, a session cookie): what --browser measures.
+BROWSER_FIELDS = (
+    b"Host: bench.example.com\r\nConnection: keep-alive\r\n"
+    b'sec-ch-ua: "Chromium";v="131", "Not_A Brand";v="24"\r\nsec-ch-ua-mobile: ?0\r\n'
+    b'sec-ch-ua-platform: "Linux"\r\nUpgrade-Insecure-Requests: 1\r\n'
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    b"Chrome/131.0.0.0 Safari/537.36\r\n"
+    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8\r\n"
+    b"Sec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-User: ?1\r\n"
+    b"Sec-Fetch-Dest: document\r\nReferer: https://bench.example.com/\r\n"
+    b"Accept-Encoding: gzip, deflate, br, zstd\r\nAccept-Language: en-GB,en;q=0.9\r\n"
+    b"Cookie: session=5f2b9c1e8a7d4e3f9b6a0c2d1e4f7a8b; theme=dark\r\n"
+)
+BROWSER_REQUEST = b"GET / HTTP/1.1\r\n" + BROWSER_FIELDS + b"\r\n"
+BROWSER_CLOSE_REQUEST = BROWSER_REQUEST.replace(b"Connection: keep-alive", b"Connection: close")
 RESPONSE = (  # what the benchmark's nginx backends answer
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 08:00:00 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\nhello world\n"
@@ -248,7 +264,11 @@ def count_instructions(args: argparse.Namespace) -> None:
     """Instructions per request: two runs under callgrind, the difference over the extra requests."""
     if shutil.which("valgrind") is None:
         sys.exit("--instructions needs valgrind (apt-get install valgrind)")
-    extra = [flag for flag, on in (("--log", args.log), ("--new-connections", args.new_connections)) if on]
+    extra = [
+        flag
+        for flag, on in (("--log", args.log), ("--new-connections", args.new_connections), ("--browser", args.browser))
+        if on
+    ]
     counts = []
     for requests in (2_000, 12_000):
         done = subprocess.run(
@@ -272,9 +292,13 @@ if __name__ == "__main__":
     parser.add_argument("--log", action="store_true", help="access log on (to /dev/null)")
     parser.add_argument("--new-connections", action="store_true",
                         help="a new client connection per request (Connection: close), as l7-newconn")
+    parser.add_argument("--browser", action="store_true",
+                        help="a browser's request (16 fields, a cookie) instead of wrk's (Host only)")
     parser.add_argument("--instructions", action="store_true", help="count instructions under valgrind")
     parser.add_argument("--bytecodes", action="store_true", help="count bytecodes per request by function")
     arguments = parser.parse_args()
+    if arguments.browser:  # read by run() and run_new_connections() at each call
+        REQUEST, CLOSE_REQUEST = BROWSER_REQUEST, BROWSER_CLOSE_REQUEST
     if arguments.instructions:
         count_instructions(arguments)
     elif arguments.bytecodes:

@@ -52,3 +52,20 @@ def test_hotpath_counts_bytecodes_by_lbproxy_function(mode: list[str]) -> None:
     assert sum(per_function.values()) <= int(total.group(1).replace(",", "")) + 1
     if mode:
         assert "lbproxy/l7/session.py:HttpSession.connection_made" in per_function
+
+
+def bytecodes_by_function(*args: str) -> dict[str, float]:
+    lines = hotpath("--bytecodes", *args).splitlines()
+    return {where: float(count) for count, where in (line.split() for line in lines[1:])}
+
+
+def test_hotpath_browser_request_carries_its_fields_through_the_session() -> None:
+    """--browser sends a browser's 16 fields instead of wrk's Host: each goes through on_header,
+    and a keep-alive and a closing request both complete (run() asserts every response)."""
+    wrk = bytecodes_by_function()
+    browser = bytecodes_by_function("--browser")
+    on_header = "lbproxy/l7/session.py:HttpSession.on_header"
+    assert browser[on_header] >= 14 * wrk[on_header], (browser[on_header], wrk[on_header])
+    closing = bytecodes_by_function("--browser", "--new-connections")
+    assert closing[on_header] >= 14 * wrk[on_header]
+    assert "lbproxy/l7/session.py:HttpSession.connection_made" in closing

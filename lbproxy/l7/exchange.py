@@ -411,9 +411,12 @@ class Exchange:
             framing = b""
         if self.upgrade is not None:
             framing += b"Connection: upgrade\r\nUpgrade: " + self.upgrade + b"\r\n"
+        # The forwarded fields are joined in C, not formatted one by one in a comprehension: a
+        # browser's request keeps 14 of its 16 (hotpath.py --browser: 182.4k -> 177.9k
+        # instructions per request; wrk's keeps none, and skips it).
         self.head = b"".join((
             method, b" ", url, b" HTTP/1.1\r\nHost: ", upstream_host, b"\r\n",
-            b"".join([b"%s: %s\r\n" % field for field in kept]) if kept else b"",
+            b"\r\n".join(map(b": ".join, kept)) + b"\r\n" if kept else b"",
             forwarded, forwarded_host, b"\r\nX-Request-Id: ", self.request_id, b"\r\n", framing, b"\r\n",
         ))  # fmt: skip
         self.headers = kept
