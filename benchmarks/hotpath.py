@@ -56,6 +56,8 @@ import uvloop
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+import browser_request  # noqa: E402  (benchmarks/browser_request.py, next to this script)
+
 from lbproxy.accesslog import AccessLog  # noqa: E402
 from lbproxy.config.loader import load_config_text  # noqa: E402
 from lbproxy.l7.listener import HttpListener, UpstreamRegistry  # noqa: E402
@@ -64,21 +66,8 @@ from lbproxy.l7.upstream import UpstreamConnection  # noqa: E402
 from lbproxy.pool.pool import Pool  # noqa: E402
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench.example.com\r\n\r\n"  # what wrk -H 'Host: ...' sends
-# What a browser sends for a page (Chromium's fields, a session cookie): what --browser measures.
-BROWSER_FIELDS = (
-    b"Host: bench.example.com\r\nConnection: keep-alive\r\n"
-    b'sec-ch-ua: "Chromium";v="131", "Not_A Brand";v="24"\r\nsec-ch-ua-mobile: ?0\r\n'
-    b'sec-ch-ua-platform: "Linux"\r\nUpgrade-Insecure-Requests: 1\r\n'
-    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    b"Chrome/131.0.0.0 Safari/537.36\r\n"
-    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8\r\n"
-    b"Sec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-User: ?1\r\n"
-    b"Sec-Fetch-Dest: document\r\nReferer: https://bench.example.com/\r\n"
-    b"Accept-Encoding: gzip, deflate, br, zstd\r\nAccept-Language: en-GB,en;q=0.9\r\n"
-    b"Cookie: session=5f2b9c1e8a7d4e3f9b6a0c2d1e4f7a8b; theme=dark\r\n"
-)
-BROWSER_REQUEST = b"GET / HTTP/1.1\r\n" + BROWSER_FIELDS + b"\r\n"
-BROWSER_CLOSE_REQUEST = BROWSER_REQUEST.replace(b"Connection: keep-alive", b"Connection: close")
+BROWSER_REQUEST = browser_request.request_head()  # what --browser sends instead: 16 fields, a cookie
+BROWSER_CLOSE_REQUEST = browser_request.request_head(connection="close")
 RESPONSE = (  # what the benchmark's nginx backends answer
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 08:00:00 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\nhello world\n"

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import browser_request
 from cpu_quota import IDLE_FILLER, CpuQuota
 from cpu_quota import available as quotas_available
 
@@ -56,7 +57,7 @@ ROOT = HERE.parent
 CONFIGS = HERE / "configs"
 RESULTS = HERE / "results"
 REPORT_LUA = CONFIGS / "report.lua"
-HOST_HEADER = "bench.example.com"  # matches only lbproxy's last route
+HOST_HEADER = browser_request.HOST  # "bench.example.com": matches only lbproxy's last route
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GB = 1e9  # GB/s and CPU-s/GB use decimal gigabytes
 ACTIVE_CLIENTS = 50
@@ -368,9 +369,12 @@ def render(template: str, out: Path, **values: object) -> Path:
 
 
 def run_wrk(env: Env, port: int, duration: float, connections: int, path: str = "/",
-            close: bool = False) -> dict[str, Any]:
+            close: bool = False, fields: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """wrk against ``port``: Host, then ``fields`` (a browser's, for l7-browser), as ``-H``."""
     argv = ["taskset", "-c", env.load_cpus, "wrk", "-t1", f"-c{connections}", f"-d{wrk_seconds(duration)}s",
             "--timeout", "5s", "-s", str(REPORT_LUA), "-H", f"Host: {HOST_HEADER}"]
+    for name, value in fields:
+        argv += ["-H", f"{name}: {value}"]
     if close:
         argv += ["-H", "Connection: close"]
     argv.append(f"http://127.0.0.1:{port}{path}")
@@ -563,6 +567,7 @@ class Scenario:
     streams: int = 1
     idle: int = 0  # idle connections (idle scenarios)
     rate: int = 0  # new connections per second (rate scenarios)
+    fields: tuple[tuple[str, str], ...] = ()  # request fields sent after Host (wrk scenarios)
     note: str = ""
 
 
@@ -607,6 +612,9 @@ def all_scenarios(idle_l7: int, idle_l4: int, alt: bool = False, newconn_rate: i
                  rate=newconn_rate),
         Scenario("l7-64k", "L7 keep-alive, 64 KiB responses, 50 clients", "wrk", every_l7, path="/64k"),
         Scenario("l7-1000", "L7 keep-alive, 1,000 clients", "wrk", every_l7, connections=1000),
+        # wrk's request has a Host field alone; a browser's has 16 (benchmarks/browser_request.py).
+        Scenario("l7-browser", "L7 keep-alive, a browser's request (16 fields, 690 bytes), 50 clients", "wrk",
+                 l7("lbproxy", "haproxy", "nginx", "minimal"), fields=browser_request.FIELDS),
         Scenario("l4-keepalive", "L4 (tcp mode) keep-alive HTTP, 50 clients", "wrk",
                  l4("lbproxy", "haproxy", "nginx")),
         Scenario("l4-bulk-1", "L4 bulk, iperf3 1 stream", "iperf",
@@ -1060,7 +1068,8 @@ class Runner:
             out = rate_metrics(measured(self.env, proc, lambda: run_h2load_rate(self.env, port, duration, sc.rate)))
             time.sleep(0.3)
             return out
-        raw = measured(self.env, proc, lambda: run_wrk(self.env, port, duration, sc.connections, sc.path, sc.close))
+        raw = measured(self.env, proc, lambda: run_wrk(self.env, port, duration, sc.connections, sc.path, sc.close,
+                                                       sc.fields))
         out = wrk_metrics(raw, sc.close)
         if system.server == "lbproxy-log":
             out["access_log_bytes"] = self.env.access_log.stat().st_size if self.env.access_log.exists() else 0
