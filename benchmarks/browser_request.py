@@ -2,7 +2,7 @@
 
 wrk's request carries a Host field and nothing else, so ``l7-keepalive`` measures the least a
 proxy can do per request. A browser (Chromium 131 here, navigating to a page with a session
-cookie) sends 16 fields and about 690 bytes: what ``run.py``'s ``l7-browser`` scenario sends
+cookie) sends 16 fields, 686 bytes: what ``run.py``'s ``l7-browser`` scenario sends
 through every proxy (wrk's ``-H``), and what ``hotpath.py --browser`` feeds lbproxy's session.
 Each field costs lbproxy a parser callback into Python, where haproxy and nginx stay in C.
 """

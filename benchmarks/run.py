@@ -613,7 +613,7 @@ def all_scenarios(idle_l7: int, idle_l4: int, alt: bool = False, newconn_rate: i
         Scenario("l7-64k", "L7 keep-alive, 64 KiB responses, 50 clients", "wrk", every_l7, path="/64k"),
         Scenario("l7-1000", "L7 keep-alive, 1,000 clients", "wrk", every_l7, connections=1000),
         # wrk's request has a Host field alone; a browser's has 16 (benchmarks/browser_request.py).
-        Scenario("l7-browser", "L7 keep-alive, a browser's request (16 fields, 690 bytes), 50 clients", "wrk",
+        Scenario("l7-browser", "L7 keep-alive, a browser's request (16 fields, 686 bytes), 50 clients", "wrk",
                  l7("lbproxy", "haproxy", "nginx", "minimal"), fields=browser_request.FIELDS),
         Scenario("l4-keepalive", "L4 (tcp mode) keep-alive HTTP, 50 clients", "wrk",
                  l4("lbproxy", "haproxy", "nginx")),

@@ -1,8 +1,8 @@
 """benchmarks/run.py as a module for the tests of its pure parts (``bench_run``).
 
 Loaded by path: putting benchmarks/ on sys.path would let its run.py, tls.py ... shadow other
-modules for the rest of the test session. run.py imports cpu_quota and browser_request by those names, so
-they are loaded first. Loaded once per session, whichever test module asks first.
+modules for the rest of the test session. run.py imports cpu_quota and browser_request by those
+names, so they are loaded first. Loaded once per session, whichever test module asks first.
 """
 
 from __future__ import annotations
