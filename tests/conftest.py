@@ -14,12 +14,35 @@ from pathlib import Path
 
 import pytest
 
+from lbproxy.build import build_name, compiled_modules
 from lbproxy.config.loader import load_config_text
 from lbproxy.demo.backends import server_port, start_http_backend, start_tcp_backend
 from lbproxy.runtime.daemon import Daemon
 from tests.restartable import RestartableBackend
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "interpreted: patches or traces a data-path module (lbproxy.build.COMPILED_MODULES); a "
+        "compiled build allows neither, so these run in the pure-Python suite only",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    compiled = compiled_modules()
+    return f"lbproxy build: {build_name()}" + (f" ({', '.join(compiled)} compiled)" if compiled else "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not compiled_modules():
+        return
+    skip = pytest.mark.skip(reason="patches or traces a compiled data-path module; the pure-Python suite runs it")
+    for item in items:
+        if "interpreted" in item.keywords:
+            item.add_marker(skip)
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:

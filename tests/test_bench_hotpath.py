@@ -33,6 +33,7 @@ def test_hotpath_times_requests_through_the_real_session(mode: list[str]) -> Non
     assert float(found.group(1)) > 0
 
 
+@pytest.mark.interpreted
 @pytest.mark.parametrize("mode", [[], ["--new-connections"]], ids=["keep-alive", "new-connections"])
 def test_hotpath_counts_bytecodes_by_lbproxy_function(mode: list[str]) -> None:
     out = hotpath("--bytecodes", *mode)
@@ -59,6 +60,7 @@ def bytecodes_by_function(*args: str) -> dict[str, float]:
     return {where: float(count) for count, where in (line.split() for line in lines[1:])}
 
 
+@pytest.mark.interpreted
 def test_hotpath_browser_request_carries_its_fields_through_the_session() -> None:
     """--browser sends a browser's 16 fields instead of wrk's Host: each goes through on_header,
     and a keep-alive and a closing request both complete (run() asserts every response)."""

@@ -26,7 +26,7 @@ def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
 def test_version() -> None:
     out = run_cli("--version")
     assert out.returncode == 0
-    assert re.fullmatch(r"lbproxy \d+\.\d+\.\d+\n", out.stdout)
+    assert re.fullmatch(r"lbproxy \d+\.\d+\.\d+ \((python|mypyc) build\)\n", out.stdout)
 
 
 def test_console_script_is_installed() -> None:

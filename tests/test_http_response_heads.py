@@ -8,6 +8,7 @@ import asyncio
 import types
 
 import httptools
+import pytest
 
 from lbproxy.l7 import upstream as upstream_module
 from tests.backends_misbehaving import (  # noqa: F401  (scripted is a fixture)
@@ -233,6 +234,7 @@ def count_parser_feeds(monkeypatch) -> type[_CountingParser]:  # type: ignore[no
     return _CountingParser
 
 
+@pytest.mark.interpreted
 async def test_a_repeated_response_in_one_read_skips_the_parser(make_daemon, scripted, monkeypatch) -> None:
     """Issue 8: a whole response in one read, with the same head as the last one, is relayed
     without feeding httptools, byte for byte as the parser's path relays it."""
@@ -254,6 +256,7 @@ async def test_a_repeated_response_in_one_read_skips_the_parser(make_daemon, scr
     assert parser.feeds == 1, "only the first response went through the parser"
 
 
+@pytest.mark.interpreted
 async def test_a_repeated_head_with_a_split_or_different_body_goes_through_the_parser(
     make_daemon, scripted, monkeypatch
 ) -> None:
@@ -298,6 +301,7 @@ async def test_a_repeated_head_with_a_split_or_different_body_goes_through_the_p
     await conn.close()
 
 
+@pytest.mark.interpreted
 async def test_a_repeated_response_over_a_new_body_limit_gets_502(make_daemon, scripted, monkeypatch) -> None:
     """The parser-less path enforces max_response_body_bytes like the parser's path: a reload
     lowers the limit under a response the pooled connection has already seen once."""

@@ -68,6 +68,7 @@ def record_flushes(monkeypatch: pytest.MonkeyPatch) -> list[list[object]]:
     return flushed
 
 
+@pytest.mark.interpreted
 async def test_responses_ready_in_one_pass_leave_in_one_flush(make_daemon, scripted, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # The backend holds both requests and answers them from one callback: lbproxy reads both
     # responses in the same pass, so its two client writes must be handed over in one flush.
@@ -83,6 +84,7 @@ async def test_responses_ready_in_one_pass_leave_in_one_flush(make_daemon, scrip
         await client.close()
 
 
+@pytest.mark.interpreted
 async def test_closes_after_responses_leave_with_the_pass_not_one_flush_each(make_daemon, scripted, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # Two Connection: close clients answered in one pass at the proxy: both responses and both
     # closes go in one flush (a close that flushed at once would split them).
@@ -106,6 +108,7 @@ async def test_the_last_response_arrives_whole_before_the_close(make_daemon, scr
     await conn.close()
 
 
+@pytest.mark.interpreted
 async def test_a_body_larger_than_the_outbox_holds_arrives_in_order(make_daemon, scripted, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     body = b"".join(b"%07d\n" % i for i in range(3 * outbox_module.MAX_HELD_BYTES // 8))
     held_at_flush: list[int] = []

@@ -28,7 +28,7 @@ REQUIRED_FAMILIES = {
     "lbproxy_retries": ["pool"],
     "lbproxy_config_reloads": ["result"],
     "lbproxy_config_last_reload_success_timestamp_seconds": [],
-    "lbproxy_build_info": ["version", "python"],
+    "lbproxy_build_info": ["version", "python", "build"],
 }
 
 

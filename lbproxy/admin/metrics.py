@@ -24,6 +24,7 @@ from prometheus_client.core import (
 )
 
 from lbproxy import __version__
+from lbproxy.build import build_name
 from lbproxy.l7.listener import HttpListener
 from lbproxy.pool.backend import BackendState
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from lbproxy.runtime.daemon import Daemon
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BUILD = build_name()  # which build this process runs; fixed once imported
 
 
 Snapshot = dict[str, Any]
@@ -103,8 +105,11 @@ def snapshot(daemon: Daemon) -> Snapshot:
 
 def families(snap: Snapshot) -> Iterator[Metric]:
     """The lbproxy metric families for a snapshot (of one daemon, or merged over workers)."""
-    info = GaugeMetricFamily("lbproxy_build_info", "lbproxy version and Python", labels=["version", "python"])
-    info.add_metric([__version__, platform.python_version()], 1)
+    info = GaugeMetricFamily(
+        "lbproxy_build_info", "lbproxy version, Python, and build (python, or mypyc: compiled)",
+        labels=["version", "python", "build"],
+    )
+    info.add_metric([__version__, platform.python_version(), BUILD], 1)
     yield info
     reloads = CounterMetricFamily("lbproxy_config_reloads", "Configuration reloads", labels=["result"])
     for result, count in snap["reloads"].items():

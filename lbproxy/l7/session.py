@@ -39,6 +39,7 @@ from lbproxy.net.bind import peer_host
 
 if TYPE_CHECKING:
     from lbproxy.l7.listener import HttpListener
+    from lbproxy.net.listener import HandshakeToken
 
 log = logging.getLogger("lbproxy.l7")
 
@@ -68,7 +69,7 @@ class HttpSession(asyncio.Protocol):
     """One client connection on an ``http`` listener."""
 
     __slots__ = (
-        "__weakref__",  # TLS listeners count handshakes that never reach connection_made
+        "handshake_token",  # TLS listeners count handshakes that never reach connection_made
         "listener",
         "loop",
         "transport",
@@ -144,6 +145,7 @@ class HttpSession(asyncio.Protocol):
         self.upgrade_exchange: Exchange | None = None
         self.proxy_buffer: bytes | None = None
         self.requests = 0
+        self.handshake_token: HandshakeToken | None = None  # set by a TLS listener
 
     # == asyncio.Protocol =======================================================================
 

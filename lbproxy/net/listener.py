@@ -16,7 +16,7 @@ import socket
 import weakref
 import struct
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from lbproxy.config.model import Address, ListenerConfig
 from lbproxy.net.bind import bind_sockets, bound_address
@@ -34,6 +34,22 @@ class Drainable(Protocol):
 
     def abort(self) -> None:
         """Close now (drain timeout expired)."""
+
+
+class WatchedProtocol(Protocol):
+    """The protocol of a connection on a TLS listener: it holds the token of its handshake."""
+
+    handshake_token: HandshakeToken | None
+
+
+class HandshakeToken:
+    """Lives exactly as long as the protocol that holds it (``handshake_token``).
+
+    A TLS handshake that fails never reaches the protocol's ``connection_made``: the loop drops
+    the protocol, the token goes with it, and the token's finalizer counts the failure.
+    """
+
+    __slots__ = ("__weakref__",)
 
 
 class ListenerStats:
@@ -160,7 +176,13 @@ class BaseListener(abc.ABC):
         protocol = self.protocol_factory()
         key = id(protocol)
         self._handshaking.add(key)
-        weakref.finalize(protocol, self._protocol_dropped, key)
+        # The weak reference is to a token the protocol holds, not to the protocol: a protocol
+        # may be an instance of a class compiled by mypyc (benchmarks/README.md, "a compiled
+        # build"), whose instances mypyc frees without clearing their weak references (the
+        # interpreter then crashes in the collector, mypyc/mypyc#1102).
+        token = HandshakeToken()
+        cast(WatchedProtocol, protocol).handshake_token = token
+        weakref.finalize(token, self._protocol_dropped, key)
         return protocol
 
     def _protocol_dropped(self, key: int) -> None:

@@ -66,7 +66,7 @@ class Outbox:
         self.loop = loop = asyncio.get_running_loop()
         return loop
 
-    def write(self, transport: asyncio.WriteTransport, data: bytes) -> None:
+    def write(self, transport: asyncio.WriteTransport, data: bytes | bytearray) -> None:
         """Send ``data`` on ``transport`` at the end of this pass (or sooner: MAX_HELD_BYTES)."""
         if not self.scheduled:
             (self.loop or self._bind_loop()).call_soon(self._on_pass_end)
