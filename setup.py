@@ -10,8 +10,11 @@ modules next to their source (``git clean -fX lbproxy`` removes them).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
+from pathlib import Path
 
 from setuptools import setup
 
@@ -38,6 +41,11 @@ def ext_modules() -> list[object]:
         # The first pass of a PEP 517 build only collects setup_requires; mypy comes with them.
         print(f"LBPROXY_COMPILE is set but mypyc is not importable yet (needs {MYPY})", file=sys.stderr)
         return []
+    # What was compiled, so lbproxy.build.stale_modules() can tell when the source moved on.
+    digests = {
+        source[:-3].replace("/", "."): hashlib.sha256(Path(source).read_bytes()).hexdigest() for source in SOURCES
+    }
+    Path("lbproxy/_compiled_sources.json").write_text(json.dumps(digests, indent=1) + "\n")
     # One group, named inside the package: its shared library is lbproxy/_compiled__mypyc.*.so,
     # so the package directory holds the whole compiled build.
     return mypycify(SOURCES, opt_level="3", group_name="lbproxy._compiled")
@@ -46,4 +54,5 @@ def ext_modules() -> list[object]:
 setup(
     ext_modules=ext_modules(),
     setup_requires=[MYPY] if compiling() else [],
+    package_data={"lbproxy": ["_compiled_sources.json"]} if compiling() else {},
 )

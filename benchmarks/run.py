@@ -1911,6 +1911,10 @@ def versions(env: Env) -> dict[str, str]:
             "nginx": out(["nginx", "-v"]) if shutil.which("nginx") else "",
             "wrk": out(["wrk", "-v"]), "iperf3": out(["iperf3", "-v"]) if shutil.which("iperf3") else "",
             "cpus": str(os.cpu_count()), "cpu_model": ""}
+    if wants_alt(env.args):
+        # which build each runs: "(python build)" or "(mypyc build)" (lbproxy.build)
+        info["lbproxy_alt"] = out([str(env.args.alt_python or sys.executable), "-m", "lbproxy", "--version"],
+                                  env.alt_src, env.lbproxy_env(env.alt_src))
     if env.args.alt_python is not None:
         info["alt_python"] = out([str(env.args.alt_python), "-c", "import sys; print(sys.version)"])
     for pkg in ("uvloop", "httptools"):
@@ -2102,7 +2106,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{meta['versions'].get('lbproxy', '')} at {meta['versions'].get('commit', '')}"
         f"{' + uncommitted changes' if meta['versions'].get('dirty') == 'yes' else ''}"
         f" (code digest {meta['versions'].get('lbproxy_digest', '')}); "
-        f"{meta['versions'].get('haproxy', '').split(' - ')[0]}; {meta['versions'].get('nginx', '')}; "
+        + (f"lbproxy-alt: {meta['versions']['lbproxy_alt']}; " if meta["versions"].get("lbproxy_alt") else "")
+        + f"{meta['versions'].get('haproxy', '').split(' - ')[0]}; {meta['versions'].get('nginx', '')}; "
         f"{meta['versions'].get('cpus')} × {meta['versions'].get('cpu_model')}). Cells: median (min–max).",
         render_table(results),
         "Targets (ratios of medians, lbproxy with access log off, one process):",

@@ -8,8 +8,14 @@ build"). ``lbproxy --version`` and the ``lbproxy_build_info`` metric say which o
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import importlib.util
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger("lbproxy.build")
 
 # The per-request and per-connection path of the L7 proxy. setup.py compiles exactly these.
 COMPILED_MODULES = (
@@ -19,6 +25,15 @@ COMPILED_MODULES = (
     "lbproxy.l7.headers",
     "lbproxy.net.outbox",
 )
+
+
+# Written by setup.py next to this file when it compiles: {module: sha256 of the source compiled}.
+SOURCES_FILE = Path(__file__).with_name("_compiled_sources.json")
+
+
+def source_digest(path: Path) -> str:
+    """The digest setup.py records for a compiled module's source."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def compiled_modules() -> tuple[str, ...]:
@@ -38,3 +53,55 @@ def build_name() -> str:
     if not compiled:
         return "python"
     return "mypyc" if len(compiled) == len(COMPILED_MODULES) else "partial"
+
+
+def stale_modules() -> tuple[str, ...]:
+    """Compiled modules whose source is not the one they were compiled from.
+
+    A checkout edited after ``setup.py build_ext --inplace`` still imports the old compiled
+    module, not the edited source, and nothing else would say so. Empty for a pure build."""
+    compiled = compiled_modules()
+    if not compiled:
+        return ()
+    try:
+        recorded = json.loads(SOURCES_FILE.read_text())
+    except (OSError, ValueError):
+        return compiled  # compiled without a record: nothing vouches for any of them
+    sources = {}
+    for name in compiled:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None
+        sources[name] = Path(spec.origin).parent / (name.rpartition(".")[2] + ".py")
+    return changed_sources(sources, recorded)
+
+
+def changed_sources(sources: dict[str, Path], recorded: dict[str, str]) -> tuple[str, ...]:
+    """The modules of ``sources`` (name: source file) whose file's digest isn't ``recorded``.
+    A missing source file is not a change: installed without it, the compiled module is all
+    there is."""
+    stale = []
+    for name, path in sources.items():
+        try:
+            digest = source_digest(path)
+        except OSError:
+            continue
+        if recorded.get(name) != digest:
+            stale.append(name)
+    return tuple(stale)
+
+
+def describe() -> str:
+    """``"mypyc build"``, ``"python build"``, with the stale modules named if any."""
+    stale = stale_modules()
+    suffix = f"; compiled from older source: {', '.join(stale)}" if stale else ""
+    return f"{build_name()} build{suffix}"
+
+
+def warn_if_stale() -> None:
+    """Log a warning naming the compiled modules that run older code than their source."""
+    stale = stale_modules()
+    if stale:
+        log.warning(
+            "compiled modules run older code than their source: %s (rebuild: LBPROXY_COMPILE=1 "
+            "python3 setup.py build_ext --inplace; or delete their .so files)", ", ".join(stale)
+        )

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from lbproxy import __version__
-from lbproxy.build import build_name
+from lbproxy.build import describe
 from lbproxy.config.loader import load_config
 from lbproxy.config.model import Config
 from lbproxy.errors import ConfigError
@@ -20,7 +20,7 @@ log = logging.getLogger("lbproxy")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lbproxy", description="An L4/L7 load balancer daemon.")
-    parser.add_argument("--version", action="version", version=f"lbproxy {__version__} ({build_name()} build)")
+    parser.add_argument("--version", action="version", version=f"lbproxy {__version__} ({describe()})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the daemon in the foreground")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lbproxy.build import build_name, compiled_modules
+from lbproxy.build import build_name, compiled_modules, stale_modules
 from lbproxy.config.loader import load_config_text
 from lbproxy.demo.backends import server_port, start_http_backend, start_tcp_backend
 from lbproxy.runtime.daemon import Daemon
@@ -29,6 +29,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "interpreted: patches or traces a data-path module (lbproxy.build.COMPILED_MODULES); a "
         "compiled build allows neither, so these run in the pure-Python suite only",
     )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    stale = stale_modules()
+    if stale:
+        pytest.exit(f"compiled modules older than their source: {', '.join(stale)}; rebuild them or delete the .so files", 3)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

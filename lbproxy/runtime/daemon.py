@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 
 from lbproxy import __version__
 from lbproxy.accesslog import AccessLog
+from lbproxy.build import describe, warn_if_stale
 from lbproxy.admin.server import AdminServer, apply_backend_action, listener_status
 from lbproxy.config.loader import load_config
 from lbproxy.config.model import BackendConfig, Config, ListenerConfig, PoolConfig
@@ -124,9 +125,12 @@ class Daemon:
             await self._close_now()
             raise
         self.ready = True
+        if self.role != "worker":
+            warn_if_stale()
         if self.role == "single":
             log.info(
-                "lbproxy %s running: %d listeners, %d pools", __version__, len(self.listeners), len(self.pools)
+                "lbproxy %s (%s) running: %d listeners, %d pools",
+                __version__, describe(), len(self.listeners), len(self.pools),
             )
         elif self.role == "worker":
             log.info("worker started: %d listeners, %d pools", len(self.listeners), len(self.pools))
