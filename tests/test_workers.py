@@ -384,7 +384,7 @@ async def test_workers_from_the_config_file_and_the_flag_wins(lbproxy: Start, ht
     single = await lbproxy(config_text(web, extra="workers: 2\n"), "--workers", "1")
     status = await single.status()
     assert "workers" not in status and status["ready"] is True
-    assert re.search(r"lbproxy \S+ running: 1 listeners, 1 pools\n", "".join(single.lines))
+    assert re.search(r"lbproxy \S+ \(\w+ build\) running: 1 listeners, 1 pools\n", "".join(single.lines))
 
 
 def test_workers_config_values() -> None:
