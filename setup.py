@@ -10,22 +10,30 @@ modules next to their source (``git clean -fX lbproxy`` removes them).
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from setuptools import setup
 
 MYPY = "mypy==2.4.1"  # the version the source is type-checked with (pyproject.toml, test extra)
-SOURCES = [
-    "lbproxy/l7/session.py",
-    "lbproxy/l7/exchange.py",
-    "lbproxy/l7/upstream.py",
-    "lbproxy/l7/headers.py",
-    "lbproxy/net/outbox.py",
-]
+
+
+def load_build_module() -> ModuleType:
+    """lbproxy/build.py by file path: it names the modules to compile and how their source is
+    digested, and imports only the standard library, so the package needn't be importable here."""
+    spec = importlib.util.spec_from_file_location("lbproxy_build", Path(__file__).with_name("lbproxy") / "build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BUILD = load_build_module()
+SOURCES = [name.replace(".", "/") + ".py" for name in BUILD.COMPILED_MODULES]
 
 
 def compiling() -> bool:
@@ -42,9 +50,7 @@ def ext_modules() -> list[object]:
         print(f"LBPROXY_COMPILE is set but mypyc is not importable yet (needs {MYPY})", file=sys.stderr)
         return []
     # What was compiled, so lbproxy.build.stale_modules() can tell when the source moved on.
-    digests = {
-        source[:-3].replace("/", "."): hashlib.sha256(Path(source).read_bytes()).hexdigest() for source in SOURCES
-    }
+    digests = {name: BUILD.source_digest(Path(source)) for name, source in zip(BUILD.COMPILED_MODULES, SOURCES)}
     Path("lbproxy/_compiled_sources.json").write_text(json.dumps(digests, indent=1) + "\n")
     # One group, named inside the package: its shared library is lbproxy/_compiled__mypyc.*.so,
     # so the package directory holds the whole compiled build.

@@ -17,7 +17,8 @@ from pathlib import Path
 
 log = logging.getLogger("lbproxy.build")
 
-# The per-request and per-connection path of the L7 proxy. setup.py compiles exactly these.
+# The per-request and per-connection path of the L7 proxy. setup.py compiles exactly these
+# (it reads this tuple from this file, so keep this module free of imports beyond the stdlib).
 COMPILED_MODULES = (
     "lbproxy.l7.session",
     "lbproxy.l7.exchange",
