@@ -17,14 +17,22 @@ from pathlib import Path
 
 log = logging.getLogger("lbproxy.build")
 
-# The per-request and per-connection path of the L7 proxy. setup.py compiles exactly these
+# The per-request and per-connection path: the L7 proxy's own modules, and the routing, pool,
+# round-robin and counter modules it calls for every request. setup.py compiles exactly these
 # (it reads this tuple from this file, so keep this module free of imports beyond the stdlib).
+# Not lbproxy.l7.listener: its HttpListener subclasses an interpreted ABC (BaseListener), and
+# mypyc then shares the base's ABC cache, so isinstance(tcp_listener, HttpListener) turned true.
 COMPILED_MODULES = (
     "lbproxy.l7.session",
     "lbproxy.l7.exchange",
     "lbproxy.l7.upstream",
     "lbproxy.l7.headers",
     "lbproxy.net.outbox",
+    "lbproxy.routing.table",
+    "lbproxy.balancing.round_robin",
+    "lbproxy.pool.pool",
+    "lbproxy.pool.backend",
+    "lbproxy.stats",
 )
 
 

@@ -39,9 +39,9 @@ class RoundRobin:
     def pick(self, key: str | None, exclude: Collection[Backend] = ()) -> Backend | None:
         """The next backend in weighted order among the eligible ones; ``key`` is ignored."""
         scores = self._scores
-        total: float = 0
+        total: float = 0.0
         best = -1
-        best_score: float = 0
+        best_score: float = 0.0
         i = -1
         for b in self._backends:
             i += 1

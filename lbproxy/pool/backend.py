@@ -91,7 +91,9 @@ class Backend:
         # A stable id: the configured address. Hashing (ip_hash, cookies) keys on it, so two
         # instances with the same config agree.
         self.label = str(config.address)
-        self.weight: float = config.weight  # the weight strategies read (slow start scales it)
+        # The weight strategies read: the int configured, a float while slow start scales it (the
+        # union, not float, because the compiled build stores a float as a C double).
+        self.weight: int | float = config.weight
         self.base_weight = config.weight  # the configured or admin-set weight
         self.max_connections = config.max_connections
         self.checked_up = True

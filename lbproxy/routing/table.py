@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import parse_qsl
 
 from lbproxy.config.model import RouteConfig, ValueMatch
@@ -180,7 +180,9 @@ class RouteTable:
 
     __slots__ = ("routes", "_by_host")
 
-    MAX_HOSTS = 1024  # memoised candidate lists (distinct Host values); cleared when full
+    # Memoised candidate lists (distinct Host values); cleared when full. A ClassVar, so that the
+    # compiled build keeps it on the class rather than making it a per-instance slot.
+    MAX_HOSTS: ClassVar[int] = 1024
 
     def __init__(self, routes: Sequence[RouteConfig], pools: Mapping[str, Pool]) -> None:
         self.routes = tuple(Route(r, i, pools) for i, r in enumerate(routes))
