@@ -38,3 +38,36 @@ class Histogram:
             out.append((repr(bound), running))
         out.append(("+Inf", running + self.counts[-1]))
         return out
+
+
+class RequestTally:
+    """An http listener's finished exchanges: how many by (route, pool, backend, status), and
+    their durations by pool. Updated once per exchange by the session (compiled with it, so the
+    count costs ~0.2 us instead of the ~0.6 us of an interpreted method: issue 8); read at scrape
+    time by ``lbproxy.admin.metrics`` and the dashboard."""
+
+    __slots__ = ("counts", "durations")
+
+    def __init__(self) -> None:
+        # (route, pool, backend, status) -> count; ("", "", "", status) for unrouted answers.
+        self.counts: dict[tuple[str, str, str, int], int] = {}
+        self.durations: dict[str, Histogram] = {}
+
+    def routed(self, route: str, pool: str, backend: str, status: int, duration: float) -> None:
+        """Count an exchange sent to ``pool`` by ``route`` (``backend`` "" when none was picked)."""
+        key = (route, pool, backend, status)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+        histogram = self.durations.get(pool)
+        if histogram is None:
+            histogram = self.durations[pool] = Histogram()
+        histogram.observe(duration)
+
+    def unrouted(self, status: int) -> None:
+        """Count an answer given before any route matched (a 400, a 404, a redirect...)."""
+        key = ("", "", "", status)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+
+    def total(self) -> int:
+        return sum(self.counts.values())

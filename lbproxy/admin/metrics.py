@@ -57,10 +57,10 @@ def snapshot(daemon: Daemon) -> Snapshot:
         if isinstance(listener, HttpListener):
             item["requests"] = [
                 [route, pool, backend, code, count]
-                for (route, pool, backend, code), count in list(listener.request_counts.items())
+                for (route, pool, backend, code), count in list(listener.tally.counts.items())
             ]
             item["durations"] = [
-                [pool, histogram.cumulative(), histogram.total] for pool, histogram in list(listener.durations.items())
+                [pool, histogram.cumulative(), histogram.total] for pool, histogram in list(listener.tally.durations.items())
             ]
         listeners.append(item)
     pools: list[dict[str, Any]] = []

@@ -279,7 +279,7 @@ def listener_status(listener: object) -> dict[str, object]:
         view["routes"] = [
             {"name": r.name, "pool": ", ".join(p.name for p in r.pools()) or "(redirect)"} for r in listener.router.routes
         ]
-        view["requests_total"] = sum(listener.request_counts.values())
+        view["requests_total"] = listener.tally.total()
     else:
         view["pool"] = listener.config.pool
     return view

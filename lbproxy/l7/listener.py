@@ -17,12 +17,11 @@ from lbproxy.l7.session import LINGER_QUIET, HttpSession
 from lbproxy.l7.upstream import BackendConnections
 from lbproxy.net.listener import BaseListener, NetworkSet
 from lbproxy.net.outbox import Outbox
-from lbproxy.stats import Histogram
+from lbproxy.stats import RequestTally
 from lbproxy.timers import TimerBatch, batch_delay
 
 if TYPE_CHECKING:
     from lbproxy.accesslog import AccessLog
-    from lbproxy.l7.exchange import Exchange
     from lbproxy.pool.backend import Backend
     from lbproxy.pool.pool import Pool
 
@@ -89,9 +88,7 @@ class HttpListener(BaseListener):
         self.trusted_proxies = NetworkSet(config.trusted_proxies)
         self.has_trusted_proxies = bool(self.trusted_proxies)
         self.access_log = access_log
-        # (route, pool, backend, status) -> count; read by the metrics collector.
-        self.request_counts: dict[tuple[str, str, str, int], int] = {}
-        self.durations: dict[str, Histogram] = {}
+        self.tally = RequestTally()  # finished exchanges, counted by HttpSession
         self.refused: dict[int, int] = {}
 
     def protocol_factory(self) -> asyncio.Protocol:
@@ -150,26 +147,6 @@ class HttpListener(BaseListener):
         self.trusted_proxies = NetworkSet(config.trusted_proxies)
         self.has_trusted_proxies = bool(self.trusted_proxies)
         self.config = config
-
-    def record(self, exchange: Exchange) -> None:
-        """Count one finished exchange (and log it when access logging is on)."""
-        route = exchange.route
-        backend = exchange.backend
-        duration = self.loop.time() - exchange.started
-        pool = exchange.pool
-        if route is not None and pool is not None:
-            pool_name = pool.name
-            key = (route.name, pool_name, backend.label if backend is not None else "", exchange.status)
-            self.request_counts[key] = self.request_counts.get(key, 0) + 1
-            histogram = self.durations.get(pool_name)
-            if histogram is None:
-                histogram = self.durations[pool_name] = Histogram()
-            histogram.observe(duration)
-        elif exchange.status:
-            key = ("", "", "", exchange.status)
-            self.request_counts[key] = self.request_counts.get(key, 0) + 1
-        if self.access_log is not None:
-            self.access_log.log_exchange(self.name, exchange, duration)
 
     def count_refused(self, status: int) -> None:
         self.refused[status] = self.refused.get(status, 0) + 1

@@ -492,7 +492,18 @@ class HttpSession(asyncio.Protocol):
         backend = exchange.backend
         if backend is not None:
             backend.release()
-        self.listener.record(exchange)
+        listener = self.listener
+        duration = self.loop.time() - exchange.started
+        route = exchange.route
+        pool = exchange.pool
+        if route is not None and pool is not None:
+            label = backend.label if backend is not None else ""
+            listener.tally.routed(route.name, pool.name, label, exchange.status, duration)
+        elif exchange.status:
+            listener.tally.unrouted(exchange.status)
+        access_log = listener.access_log
+        if access_log is not None:
+            access_log.log_exchange(listener.name, exchange, duration)
 
     def _after_exchange(self, exchange: Exchange) -> None:
         if not exchange.request_complete:
